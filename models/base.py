@@ -1,0 +1,131 @@
+"""What every family shares: the skip-aware training forward and the cached decode step.
+
+A family (models/llama.py, models/opt.py) provides four pieces with HF parameter names:
+``embed(input_ids, positions)``, ``rope(positions)`` (None where positions are learned),
+``decoder_layers`` and ``head(hidden)``. Each decoder layer is called as
+``layer(hidden, rope, mask, kv_fn)`` where ``kv_fn(k, v)`` returns the keys and values to attend
+over: the new ones themselves in the training forward, the cache prefix when decoding.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from skipdecode.models.attention import build_attention_mask
+from skipdecode.models.cache import KVCache
+from skipdecode.schedule import Schedule
+
+IGNORE_INDEX = -100
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Per-row positions from a left-padding mask (B, S): 0 at each row's first real token."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _identity_kv(k, v):
+    return k, v
+
+
+class SkipLM(nn.Module):
+    config: object
+    decoder_layers: nn.ModuleList
+
+    # ---- family hooks -------------------------------------------------------------------------
+    def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def rope(self, positions: torch.Tensor):
+        return None
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.decoder_layers)
+
+    # ---- training / scoring forward -----------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        schedule: Schedule | None = None,
+        prompt_len: int | None = None,
+        logits_start: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T - logits_start, V) and the mean loss over labels != -100.
+
+        Prompts are left-padded so that column ``prompt_len`` holds every row's first generated
+        token; the token in column ``prompt_len + t`` runs the layers of ``schedule`` step t.
+        The columns that run layer l are a prefix, so each layer computes only that prefix and
+        the rest of the sequence passes through unchanged (no masking, no wasted FLOPs).
+        """
+        B, T = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        attention_mask = attention_mask.bool()
+        positions = positions_from_mask(attention_mask)  # (B, T)
+        hidden = self.embed(input_ids, positions)  # (B, T, hidden)
+        rope = self.rope(positions)
+        mask = build_attention_mask(attention_mask, 0, T)  # (B, 1, T, T)
+        if schedule is None or schedule.is_full:
+            ends = [T] * self.num_layers
+        else:
+            if prompt_len is None:
+                raise ValueError("a skip schedule needs prompt_len (the first generated column)")
+            steps = T - prompt_len
+            ends = [prompt_len + schedule.steps_running_layer(l, steps) for l in range(self.num_layers)]
+        for layer, end in zip(self.decoder_layers, ends):
+            if end == T:
+                hidden = layer(hidden, rope, mask, _identity_kv)
+            elif end > 0:
+                part_rope = None if rope is None else tuple(r[:, :end] for r in rope)
+                top = layer(hidden[:, :end], part_rope, mask[:, :, :end, :end], _identity_kv)
+                hidden = torch.cat([top, hidden[:, end:]], dim=1)
+        logits = self.head(hidden[:, logits_start:])  # (B, T', V)
+        loss = None
+        if labels is not None:
+            shift_logits = logits[:, :-1].float()
+            shift_labels = labels[:, logits_start + 1:]
+            loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
+                                   shift_labels.reshape(-1), ignore_index=IGNORE_INDEX)
+        return logits, loss
+
+    # ---- cached decoding ----------------------------------------------------------------------
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        p = next(self.parameters())
+        c = self.config
+        return KVCache(self.num_layers, batch_size, c.num_kv_heads, max_len, c.head_dim, p.dtype, p.device)
+
+    @torch.inference_mode()
+    def forward_step(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        key_mask: torch.Tensor,
+        cache: KVCache,
+        slot: int,
+        layers: Sequence[int],
+        last_only: bool = True,
+    ) -> torch.Tensor:
+        """Run ``layers`` over S new tokens written at cache slots [slot, slot + S).
+
+        input_ids/positions: (B, S); key_mask: (B, slot + S) bool, the valid keys so far.
+        Prefill passes every layer; decode step t passes ``schedule.layers_for_step(t)``.
+        Returns logits (B, V) for the last column, or (B, S, V).
+        """
+        S = input_ids.shape[1]
+        hidden = self.embed(input_ids, positions)  # (B, S, hidden)
+        rope = self.rope(positions)
+        mask = build_attention_mask(key_mask.bool(), slot, S)  # (B, 1, S, slot + S)
+        for l in layers:
+            hidden = self.decoder_layers[l](hidden, rope, mask, cache.writer(l, slot))
+        if last_only:
+            return self.head(hidden[:, -1])  # (B, V)
+        return self.head(hidden)  # (B, S, V)

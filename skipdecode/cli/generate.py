@@ -1,0 +1,35 @@
+"""`skipdecode generate`: the PyTorch reference under a skip schedule."""
+
+from __future__ import annotations
+
+import sys
+
+from skipdecode.cli import options
+
+
+def add_arguments(p):
+    p.add_argument("--model", default="smollm2-135m", help="smollm2-135m, an HF checkpoint folder or a .gguf file")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    options.add_generation_arguments(p)
+
+
+def run(args) -> int:
+    import torch
+
+    from skipdecode.errors import SkipDecodeError
+    from skipdecode.models import load_model
+    from skipdecode.models.backend import TorchBackend
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SkipDecodeError("--device cuda: no CUDA device is available")
+    prompts = options.read_prompts(args)
+    config = options.generation_config(args)
+    loaded = load_model(args.model, args.device, getattr(torch, args.dtype))
+    schedule = options.build_schedule(args, loaded.model.num_layers, loaded.schedule)
+    backend = TorchBackend(loaded.model)
+    rows, elapsed = options.generate_texts(backend, loaded.tokenizer, prompts, schedule, config,
+                                           args.batch_size, show_progress=args.input is not None)
+    options.emit(rows, args.output)
+    print(options.summary(rows, elapsed, schedule), file=sys.stderr)
+    return 0

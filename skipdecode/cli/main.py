@@ -1,0 +1,51 @@
+"""`skipdecode` console script: one subcommand per module, imported only when used (so
+`skipdecode run` on an edge device never imports torch)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from skipdecode import __version__
+from skipdecode.errors import SkipDecodeError
+
+# subcommand -> (module under skipdecode.cli, one-line help)
+COMMANDS = {
+    "generate": ("generate", "generate with the PyTorch reference under a skip schedule"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="skipdecode", description="SkipDecode: fine-tune, export and serve "
+                                     "LLMs that skip layers while decoding.")
+    parser.add_argument("--version", action="version", version=f"skipdecode {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(f"skipdecode.cli.{module}").add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return importlib.import_module(f"skipdecode.cli.{args._module}").run(args) or 0
+    except SkipDecodeError as e:
+        print(f"skipdecode {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # config validation (schedule bounds, sampling options)
+        print(f"skipdecode {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"skipdecode {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Options shared by the generating commands (generate, run, eval, bench)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from skipdecode.errors import SkipDecodeError
+from skipdecode.io import read_jsonl, write_jsonl
+from skipdecode.runtime.generate import GenerationConfig, RowResult, generate_ids
+from skipdecode.runtime.sampling import SamplingConfig
+from skipdecode.schedule import DECAYS, Schedule
+
+
+def add_schedule_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("schedule (default: the checkpoint's skipdecode.json, else full depth)")
+    g.add_argument("--speedup", type=float, help="target L / mean(n_t) over the window; 1 is full depth")
+    g.add_argument("--max-layers", type=int, help="n_0, layers of the first generated token")
+    g.add_argument("--min-layers", type=int, help="layers once the window has passed")
+    g.add_argument("--window", type=int, default=None, help="steps over which n_t decays (default 32)")
+    g.add_argument("--warmup-layers", type=int, default=1, help="bottom layers every token runs (default 1)")
+    g.add_argument("--decay", choices=DECAYS, default="linear")
+
+
+def add_generation_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
+    src.add_argument("--input", help='JSONL file, one {"prompt": ...} per line')
+    p.add_argument("--output", help="JSONL file for the results (input order); default: print")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    add_schedule_arguments(p)
+    g = p.add_argument_group("sampling (default greedy)")
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=None)
+
+
+def build_schedule(args, num_layers: int, trained: Schedule | None = None) -> Schedule:
+    window = args.window if args.window is not None else (trained.window if trained else 32)
+    explicit = args.max_layers is not None or args.min_layers is not None
+    if args.speedup is not None and explicit:
+        raise SkipDecodeError("give --speedup or --max-layers/--min-layers, not both")
+    if args.speedup is not None:
+        if args.speedup == 1:
+            return Schedule.full(num_layers)
+        return Schedule.for_speedup(num_layers, args.speedup, window, args.warmup_layers, args.decay)
+    if explicit:
+        mx = args.max_layers if args.max_layers is not None else num_layers
+        mn = args.min_layers if args.min_layers is not None else mx
+        return Schedule(num_layers, mx, mn, window, args.warmup_layers, args.decay)
+    if trained is not None:
+        if trained.num_layers != num_layers:
+            raise SkipDecodeError(f"skipdecode.json is for {trained.num_layers} layers, the model has {num_layers}")
+        return trained
+    return Schedule.full(num_layers)
+
+
+def read_prompts(args) -> list[str]:
+    if args.prompt:
+        return list(args.prompt)
+    return [row["prompt"] for row in read_jsonl(args.input, required=("prompt",))]
+
+
+def generation_config(args) -> GenerationConfig:
+    sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
+    return GenerationConfig(args.max_new_tokens, sampling, tuple(args.stop))
+
+
+def generate_texts(backend, tokenizer, prompts: list[str], schedule: Schedule, config: GenerationConfig,
+                   batch_size: int, show_progress: bool = True) -> tuple[list[RowResult], float]:
+    """Tokenize, generate, detokenize; returns the rows and the wall time in seconds."""
+    from tqdm import tqdm
+
+    ids = [tokenizer.encode(p) for p in prompts]
+    stop_check = None
+    if config.stop:
+        def stop_check(i, toks):
+            return any(s in tokenizer.decode(toks) for s in config.stop)
+    bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not show_progress, file=sys.stderr)
+    t0 = time.perf_counter()
+    rows = generate_ids(backend, ids, schedule, config, tokenizer.eos_ids, tokenizer.pad_id, batch_size,
+                        stop_check, bar.update)
+    elapsed = time.perf_counter() - t0
+    bar.close()
+    for prompt, row in zip(prompts, rows):
+        row.prompt = prompt
+        text = tokenizer.decode(row.token_ids)
+        for s in config.stop:
+            if s in text:
+                text = text[: text.index(s)]
+        row.text = text
+    return rows, elapsed
+
+
+def emit(rows: list[RowResult], output: str | None) -> None:
+    records = [{"prompt": r.prompt, "output": r.text, "tokens": r.tokens, "mean_layers": round(r.mean_layers, 3),
+                "finish_reason": r.finish_reason, "token_ids": r.token_ids} for r in rows]
+    if output:
+        write_jsonl(output, records)
+    else:
+        for rec in records:
+            print(json.dumps({k: rec[k] for k in ("prompt", "output", "tokens", "mean_layers")}, ensure_ascii=False))
+
+
+def summary(rows: list[RowResult], elapsed: float, schedule: Schedule) -> str:
+    tokens = sum(r.tokens for r in rows)
+    layers = sum(r.mean_layers * r.tokens for r in rows) / max(tokens, 1)
+    return (f"{schedule.describe()}: {tokens} tokens in {elapsed:.2f} s = {tokens / elapsed:.1f} tokens/s, "
+            f"mean layers {layers:.2f} (layer speedup {schedule.num_layers / layers:.2f}x)")
