@@ -12,6 +12,7 @@ from skipdecode.errors import SkipDecodeError
 
 # subcommand -> (module under skipdecode.cli, one-line help)
 COMMANDS = {
+    "demo": ("demo", "the main job on the embedded default model: full vs skip schedule side by side"),
     "generate": ("generate", "generate with the PyTorch reference under a skip schedule"),
 }
 
