@@ -65,3 +65,37 @@ def test_greedy_batched_matches_transformers_batched(tiny_models):
     for i, row in enumerate(got):
         ref = out[i, 6:].tolist()
         assert row.token_ids == ref[: len(row.token_ids)]
+
+
+@pytest.mark.parametrize("rope", [
+    {"rope_type": "linear", "rope_theta": 5000.0, "factor": 4.0},
+    {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+     "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+])
+def test_rope_scaling_matches_transformers(tmp_path, rope):
+    import transformers
+    from conftest import TINY_LLAMA, make_hf, save_checkpoint
+    from skipdecode.models import load_model
+
+    cfg = {k: v for k, v in TINY_LLAMA.items() if k != "rope_theta"}
+    path = save_checkpoint(make_hf({**cfg, "rope_parameters": rope}), tmp_path / "m")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
+    ours = load_model(str(path)).model
+    assert ours.config.rope_scaling["rope_type"] == rope["rope_type"]
+    ids = torch.randint(3, 96, (1, 100), generator=torch.Generator().manual_seed(0))  # past the original 16
+    with torch.no_grad():
+        assert (hf(input_ids=ids).logits - ours(ids)[0]).abs().max().item() < 1e-4
+
+
+def test_pytorch_bin_checkpoint_loads(tmp_path, tiny_models):
+    from conftest import write_tokenizer
+    from skipdecode.models import load_model
+
+    hf, ref = tiny_models["opt"]
+    hf.config.save_pretrained(tmp_path)  # transformers 5 writes safetensors only: write the .bin by hand
+    torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
+    write_tokenizer(tmp_path, hf.config.vocab_size)
+    assert (tmp_path / "pytorch_model.bin").exists() and not list(tmp_path.glob("*.safetensors"))
+    ids = torch.randint(3, 96, (1, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(load_model(str(tmp_path)).model(ids)[0], ref.model(ids)[0])
