@@ -14,6 +14,7 @@ from skipdecode.errors import SkipDecodeError
 COMMANDS = {
     "demo": ("demo", "the main job on the embedded default model: full vs skip schedule side by side"),
     "generate": ("generate", "generate with the PyTorch reference under a skip schedule"),
+    "export": ("export", "export per-layer ONNX graphs (embed, layers, lm_head) with a validated manifest"),
 }
 
 

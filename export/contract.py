@@ -1,0 +1,45 @@
+"""The graph contract between `skipdecode export` and the runtimes (details: export/README.md).
+
+Every graph takes and returns plain tensors; the runtime owns the KV buffers and decides which
+layers run. KV rows are stored *right-padded*: row b's token at position p lives at index p of
+its buffers, so a row's valid keys are always ``[0, length_b)`` (what GroupQueryAttention wants).
+
+embed.onnx    input_ids (B, S) int64, positions (B, S) int64 -> hidden (B, S, hidden)
+lm_head.onnx  hidden (B, S, hidden), last_index (B,) int64
+              -> logits (B, V) float32, next_token (B,) int64, topk_values (B, K) float32,
+                 topk_ids (B, K) int64  (all of row b's column last_index[b])
+layer_NNN.onnx, target onnxruntime (com.microsoft.GroupQueryAttention, buffers shared in place):
+    hidden (B, S, hidden), past_key / past_value (B, H_kv, T, D), seqlens_k (B,) int32 = each
+    row's length after this call minus 1, total_sequence_length () int32 = max(seqlens_k) + 1
+    -> hidden_out (B, S, hidden), present_key / present_value: the same buffers (bind the same
+    OrtValue as input and output), with the S new entries written at [seqlens_k - S + 1, ...].
+layer_NNN.onnx, target tensorrt (standard ONNX ops only):
+    hidden (B, S, hidden), past_key / past_value (B, H_kv, T_max, D), write_index (B,) int32 =
+    row b's valid cached keys (the new tokens go to [write_index, write_index + S)),
+    positions (B, S) int64
+    -> hidden_out (B, S, hidden), new_key / new_value (B, H_kv, S, D) for the runtime to scatter.
+"""
+
+from __future__ import annotations
+
+FORMAT_VERSION = 1
+TARGETS = ("onnxruntime", "tensorrt")
+
+EMBED_INPUTS = ("input_ids", "positions")
+EMBED_OUTPUTS = ("hidden",)
+HEAD_INPUTS = ("hidden", "last_index")
+HEAD_OUTPUTS = ("logits", "next_token", "topk_values", "topk_ids")
+LAYER_INPUTS = {
+    "onnxruntime": ("hidden", "past_key", "past_value", "seqlens_k", "total_sequence_length"),
+    "tensorrt": ("hidden", "past_key", "past_value", "write_index", "positions"),
+}
+LAYER_OUTPUTS = {
+    "onnxruntime": ("hidden_out", "present_key", "present_value"),
+    "tensorrt": ("hidden_out", "new_key", "new_value"),
+}
+TOP_K = 64
+"""K of lm_head's top-k outputs (sampling with top_k <= K needs only these on the host)."""
+
+
+def layer_file(index: int) -> str:
+    return f"layer_{index:03d}.onnx"

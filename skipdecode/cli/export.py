@@ -1,0 +1,83 @@
+"""`skipdecode export`: per-layer ONNX graphs + manifest, validated against PyTorch."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def add_arguments(p):
+    p.add_argument("--model", help="smollm2-135m, an HF checkpoint folder or a .gguf file")
+    p.add_argument("--out", help="output folder (written atomically; refused if it exists)")
+    p.add_argument("--target", default="onnxruntime", choices=["onnxruntime", "tensorrt", "both"],
+                   help="onnxruntime: contrib ops, KV updated in place; tensorrt: standard ONNX ops only; "
+                        "both: DIR/onnxruntime and DIR/tensorrt")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    p.add_argument("--max-batch", type=int, default=32, help="largest batch the runtime may use (default 32)")
+    p.add_argument("--max-seq", type=int, default=None,
+                   help="T_max, KV buffer length (default min(2048, the model's positions))")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--no-validate", action="store_true", help="skip the validation (not recommended)")
+    p.add_argument("--verify-only", metavar="DIR", help="validate an existing export instead of exporting")
+    p.add_argument("--report", help="write the validation report (JSON) here")
+
+
+def _summary(folder, manifest, report) -> str:
+    lines = [f"{folder}: {manifest['family']} {manifest['num_layers']} layers, target {manifest['target']} "
+             f"({manifest['layer_kind']} layers), {manifest['dtype']}, T_max {manifest['max_seq']}"]
+    g = manifest["graphs"]
+    sizes = [("embed", g["embed"]), ("lm_head", g["lm_head"])] + [(f"layer_{i:03d}", e) for i, e in enumerate(g["layers"])]
+    total = sum(e["bytes"] for _, e in sizes)
+    lines.append(f"  files: {total / 1e6:.1f} MB total; embed {g['embed']['bytes'] / 1e6:.1f} MB, "
+                 f"layer {g['layers'][0]['bytes'] / 1e6:.1f} MB each, lm_head {g['lm_head']['bytes'] / 1e6:.1f} MB")
+    if report:
+        for name, r in report["graphs"].items():
+            if "hidden" in r:
+                lines.append(f"  {name}: hidden abs {r['hidden']['max_abs']:.2e} rel {r['hidden']['max_rel']:.2e}; "
+                             f"kv abs {r['kv']['max_abs']:.2e} rel {r['kv']['max_rel']:.2e}")
+            else:
+                lines.append(f"  {name}: abs {r['max_abs']:.2e} rel {r['max_rel']:.2e}")
+        e = report["end_to_end"]
+        lines.append(f"  end to end ({e['schedule']}): logits abs {e['max_abs']:.2e} rel {e['max_rel']:.2e}, "
+                     f"{e['greedy_steps_agreeing']}/{e['steps']} greedy steps agree")
+        for name, o in report["optimization"].items():
+            lines.append(f"  ops {name}: {o['file_ops']} in the file -> {o['ort_optimized_ops']} after ORT's optimiser")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from skipdecode.errors import SkipDecodeError
+
+    if args.verify_only:
+        from skipdecode.export.validate import verify_export
+        from skipdecode.runtime.manifest import load_manifest
+
+        model = None
+        if args.model:
+            from skipdecode.models import load_model
+            model = load_model(args.model).model
+        report = verify_export(args.verify_only, model)
+        print(_summary(args.verify_only, load_manifest(args.verify_only), report))
+        if args.report:
+            from skipdecode.io import atomic_write_text
+            atomic_write_text(args.report, json.dumps(report, indent=2))
+        return 0
+    if not args.model or not args.out:
+        raise SkipDecodeError("--model and --out are required (or --verify-only DIR)")
+    import time
+
+    from skipdecode.export.exporter import ExportConfig, export_model
+
+    cfg = ExportConfig(args.target, args.dtype, args.max_batch, args.max_seq, args.opset,
+                       overwrite=args.overwrite, validate=not args.no_validate)
+    t0 = time.perf_counter()
+    results = export_model(args.model, args.out, cfg)
+    for target, r in results.items():
+        print(_summary(r["folder"], r["manifest"], r["report"]))
+        if args.report:
+            from skipdecode.io import atomic_write_text
+            path = args.report if len(results) == 1 else f"{args.report}.{target}.json"
+            atomic_write_text(path, json.dumps(r["report"], indent=2))
+    print(f"export done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return 0
