@@ -1,0 +1,179 @@
+"""`skipdecode bench`: decode tokens/s per backend, batch size and speedup, against the cost
+model's ideal and against monolithic baselines (transformers, ONNX Runtime GenAI)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from skipdecode.errors import SkipDecodeError
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BASELINES = ("hf", "ort-genai")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _names(choices):
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(x.strip() for x in text.split(",") if x.strip())
+        bad = [n for n in names if n not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(bad)} (choose from {', '.join(choices)})")
+        return names
+    return parse
+
+
+def add_arguments(p):
+    src = p.add_argument_group("model")
+    src.add_argument("--model", help="smollm2-135m, an HF checkpoint folder or a .gguf: the torch backend's model and "
+                     "the --compare baselines' (default: the export's source, else smollm2-135m)")
+    src.add_argument("--export", help="per-layer export folder (onnxruntime / tensorrt backends)")
+    p.add_argument("--backend", type=_names(BACKENDS), default=None,
+                   help="comma-separated: torch, onnxruntime, tensorrt (default: torch with --model, "
+                   "onnxruntime with --export)")
+    p.add_argument("--compare", type=_names(BASELINES), default=(),
+                   help="baselines measured in the same run on the same checkpoint: hf (transformers "
+                   "generate), ort-genai (ONNX Runtime GenAI's model builder graph, Llama family only)")
+    p.add_argument("--batch-sizes", type=_ints, default=(1, 8, 32), help="default 1,8,32")
+    p.add_argument("--speedups", type=_floats, default=(1.0, 2.0, 3.0, 5.0),
+                   help="target speedups (default 1,2,3,5; 1 is always measured)")
+    p.add_argument("--prompt-len", type=int, default=32, help="prompt tokens per row (default 32)")
+    p.add_argument("--new-tokens", type=int, default=32, help="tokens generated per row, EOS ignored (default 32)")
+    p.add_argument("--window", type=int, default=None, help="schedule window (default: --new-tokens)")
+    p.add_argument("--warmup-layers", type=int, default=1, help="bottom layers every token runs (default 1)")
+    p.add_argument("--decay", choices=("linear", "power"), default="linear")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs per configuration (default 1)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per configuration; medians (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random prompt ids")
+    p.add_argument("--json", help="write the records (and machine info) to this JSON file")
+    p.add_argument("--plot", help="write tokens/s against batch size to this PNG")
+    p.add_argument("--device", default="cpu", help="torch and hf device (default cpu)")
+    p.add_argument("--hf-cache", choices=("dynamic", "static"), default="dynamic",
+                   help="transformers' KV cache for --compare hf (default dynamic: faster on CPU here)")
+    p.add_argument("--build-dir", default="build", help="where the ort-genai model is built and cached")
+    g = p.add_argument_group("cost model (ideal speedup); defaults measured on this project's 2-core CPU")
+    g.add_argument("--mem-bw", type=float, default=44.0, help="memory bandwidth, GB/s (default 44)")
+    g.add_argument("--gflops", type=float, default=195.0, help="fp32 GEMM GFLOP/s (default 195)")
+
+
+def _load_export_backend(kind: str, export_dir: str, device: str):
+    """The per-layer export's runtime backend (skipdecode.runtime.<kind>_backend)."""
+    try:
+        module = importlib.import_module(f"skipdecode.runtime.{kind}_backend")
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("skipdecode"):
+            raise SkipDecodeError(f"--backend {kind}: this install has no {kind} backend") from None
+        extra = "runtime" if kind == "onnxruntime" else kind
+        raise SkipDecodeError(f"--backend {kind}: missing {e.name} (pip install 'skipdecode[{extra}]')") from None
+    if hasattr(module, "load_backend"):
+        return module.load_backend(export_dir, device=device)
+    if kind == "onnxruntime":
+        providers = ["CUDAExecutionProvider"] if device.startswith("cuda") else None
+        return module.OnnxRuntimeBackend(export_dir, providers=providers)
+    raise SkipDecodeError(f"--backend {kind}: skipdecode.runtime.{kind}_backend has no load_backend()")
+
+
+def _export_source(export_dir: str) -> str | None:
+    """The checkpoint an export was made from (manifest.json's ``source``), for the baselines."""
+    import json
+
+    f = Path(export_dir) / "manifest.json"
+    try:
+        return json.loads(f.read_text()).get("source") if f.is_file() else None
+    except (json.JSONDecodeError, AttributeError):
+        return None
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from skipdecode.runtime import bench
+    from skipdecode.runtime.costmodel import Machine, ModelShape
+
+    backends = args.backend or (("onnxruntime",) if args.export else ("torch",))
+    needs_model = "torch" in backends or bool(args.compare)
+    if args.export is None and any(b != "torch" for b in backends):
+        raise SkipDecodeError(f"--backend {','.join(backends)} needs --export DIR")
+    if args.export is not None and not Path(args.export).is_dir():
+        raise SkipDecodeError(f"--export {args.export}: no such folder")
+    config = bench.BenchConfig(args.batch_sizes, args.speedups, args.prompt_len, args.new_tokens, args.window,
+                               args.warmup_layers, args.decay, args.warmup, args.repeats, args.seed)
+    machine = Machine(args.mem_bw, args.gflops)
+
+    hf_dir = None
+    spec = args.model or (_export_source(args.export) if args.export else None) or "smollm2-135m"
+    if needs_model or args.export is None:
+        from skipdecode.models.loading import resolve
+
+        hf_dir = resolve(spec)
+    shape = ModelShape.from_dir(hf_dir if hf_dir is not None else args.export)
+    config.schedules(shape.num_layers)  # an unreachable speedup fails here, before any loading
+    if "ort-genai" in args.compare:  # build (or find) the baseline first: its errors come early
+        from skipdecode.runtime.ort_genai import build_model
+
+        og_dir = build_model(hf_dir, args.build_dir)
+
+    runners = []
+    for kind in backends:
+        if kind == "torch":
+            import torch
+
+            from skipdecode.models import load_model
+            from skipdecode.models.backend import TorchBackend
+
+            if args.device.startswith("cuda") and not torch.cuda.is_available():
+                raise SkipDecodeError("--device cuda: no CUDA device is available")
+            loaded = load_model(str(hf_dir), args.device, torch.float32)
+            runner = bench.LoopRunner(TorchBackend(loaded.model))
+            runner.note = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+            runners.append(runner)
+        else:
+            runners.append(bench.LoopRunner(_load_export_backend(kind, args.export, args.device), kind))
+    if "hf" in args.compare:
+        from skipdecode.models.hf_baseline import HFGenerateRunner
+
+        runners.append(HFGenerateRunner(str(hf_dir), args.hf_cache, args.device))
+    if "ort-genai" in args.compare:
+        from skipdecode.runtime.ort_genai import OrtGenAIRunner
+
+        runners.append(OrtGenAIRunner(og_dir))
+
+    info = bench.machine_info()
+    bar = tqdm(total=bench.count_runs(runners, config), desc="bench", unit="run", file=sys.stderr)
+
+    def progress(label: str) -> None:
+        bar.set_postfix_str(label, refresh=False)
+        bar.update()
+
+    records = bench.run_bench(runners, shape, config, machine, progress)
+    bar.close()
+    info["loadavg_1m_end"] = bench.machine_info()["loadavg_1m"]
+    model = str(args.export if hf_dir is None else spec)
+    print(f"{model}: prompt {config.prompt_len}, {config.new_tokens} new tokens (EOS ignored), greedy, "
+          f"medians of {config.repeats}; {info['cpu']}, {info['cores']} cores, load {info['loadavg_1m']} -> "
+          f"{info['loadavg_1m_end']}")
+    print(bench.format_table(records))
+    for r in runners:
+        if getattr(r, "note", ""):
+            print(f"  {r.name}: {r.note}")
+    if args.json:
+        bench.write_json(args.json, records, config, machine, model, info)
+    if args.plot:
+        bench.plot_records(records, args.plot, f"{model}: P={config.prompt_len}, N={config.new_tokens}, "
+                           f"fp32, {info['cores']} cores")
+    return 0
