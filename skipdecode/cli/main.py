@@ -14,6 +14,8 @@ from skipdecode.errors import SkipDecodeError
 COMMANDS = {
     "demo": ("demo", "the main job on the embedded default model: full vs skip schedule side by side"),
     "generate": ("generate", "generate with the PyTorch reference under a skip schedule"),
+    "run": ("run", "serve an export with ONNX Runtime or TensorRT (no torch needed)"),
+    "build-engines": ("build_engines", "build TensorRT engines from a --target tensorrt export"),
     "export": ("export", "export per-layer ONNX graphs (embed, layers, lm_head) with a validated manifest"),
 }
 

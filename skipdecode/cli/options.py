@@ -9,7 +9,8 @@ import time
 
 from skipdecode.errors import SkipDecodeError
 from skipdecode.io import read_jsonl, write_jsonl
-from skipdecode.runtime.generate import GenerationConfig, RowResult, generate_ids
+from skipdecode.runtime.api import Runtime
+from skipdecode.runtime.generate import GenerationConfig, RowResult
 from skipdecode.runtime.sampling import SamplingConfig
 from skipdecode.schedule import DECAYS, Schedule
 
@@ -73,27 +74,17 @@ def generation_config(args) -> GenerationConfig:
 
 def generate_texts(backend, tokenizer, prompts: list[str], schedule: Schedule, config: GenerationConfig,
                    batch_size: int, show_progress: bool = True) -> tuple[list[RowResult], float]:
-    """Tokenize, generate, detokenize; returns the rows and the wall time in seconds."""
+    """Generate through any backend; returns the rows (text filled in) and the wall time in seconds."""
     from tqdm import tqdm
 
-    ids = [tokenizer.encode(p) for p in prompts]
-    stop_check = None
-    if config.stop:
-        def stop_check(i, toks):
-            return any(s in tokenizer.decode(toks) for s in config.stop)
+    runtime = Runtime(backend, tokenizer)
     bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not show_progress, file=sys.stderr)
     t0 = time.perf_counter()
-    rows = generate_ids(backend, ids, schedule, config, tokenizer.eos_ids, tokenizer.pad_id, batch_size,
-                        stop_check, bar.update)
+    rows = runtime.generate(prompts, schedule, max_new_tokens=config.max_new_tokens, batch_size=batch_size,
+                            sampling=config.sampling, stop=config.stop, ignore_eos=config.ignore_eos,
+                            progress=bar.update)
     elapsed = time.perf_counter() - t0
     bar.close()
-    for prompt, row in zip(prompts, rows):
-        row.prompt = prompt
-        text = tokenizer.decode(row.token_ids)
-        for s in config.stop:
-            if s in text:
-                text = text[: text.index(s)]
-        row.text = text
     return rows, elapsed
 
 

@@ -1,0 +1,55 @@
+"""TensorRT engine bookkeeping that runs anywhere: profiles, the version/GPU guard, errors.
+The engines themselves are built and run in tests/runtime/test_tensorrt_backend.py (GPU only)."""
+
+import importlib.util
+import json
+
+import pytest
+
+from skipdecode.cli.main import main
+from skipdecode.errors import SkipDecodeError
+from skipdecode.runtime.tensorrt_engines import ENGINES, FORMAT_VERSION, check_compatible, load_engine_record, profile_shapes
+
+LAYER_HIDDEN = ["batch", "seq", 576]
+KV = ["batch", 3, 256, 64]
+
+
+def test_profiles_cover_prefill_and_decode():
+    assert profile_shapes(LAYER_HIDDEN, "prefill", 32, 200) == ((1, 1, 576), (16, 128, 576), (32, 200, 576))
+    assert profile_shapes(LAYER_HIDDEN, "decode", 32, 200) == ((1, 1, 576), (32, 1, 576), (32, 1, 576))
+    assert profile_shapes(KV, "decode", 8, 200) == ((1, 3, 256, 64), (8, 3, 256, 64), (8, 3, 256, 64))
+
+
+RECORD = {"format_version": FORMAT_VERSION, "tensorrt_version": "10.13.0", "gpu": "NVIDIA H100 80GB HBM3",
+          "compute_capability": "9.0"}
+HERE = {"gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+
+
+def test_engines_for_this_version_and_gpu_are_accepted():
+    check_compatible(RECORD, "10.13.0", HERE, "engines/")
+
+
+@pytest.mark.parametrize("version, here, message", [
+    ("11.0.0", HERE, "built with TensorRT 10.13.0, this is TensorRT 11.0.0"),
+    ("10.13.0", {"gpu": "NVIDIA L4", "compute_capability": "8.9"}, "built for NVIDIA H100 80GB HBM3 (sm 9.0), this is NVIDIA L4"),
+])
+def test_engines_for_another_version_or_gpu_are_refused(version, here, message):
+    with pytest.raises(SkipDecodeError, match="rebuild") as e:
+        check_compatible(RECORD, version, here, "engines/")
+    assert message in str(e.value)
+
+
+def test_tampered_engine_is_refused(tmp_path):
+    (tmp_path / "embed.engine").write_bytes(b"plan")
+    (tmp_path / ENGINES).write_text(json.dumps({**RECORD, "sha256": {"embed.engine": "0" * 64}}))
+    with pytest.raises(SkipDecodeError, match="does not match its SHA-256"):
+        load_engine_record(tmp_path)
+    with pytest.raises(SkipDecodeError, match="no engines.json"):
+        load_engine_record(tmp_path / "nowhere")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_build_engines_without_tensorrt_is_a_clean_error(tmp_path, capsys):
+    assert main(["build-engines", str(tmp_path), "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "TensorRT is not installed" in err and len(err.strip().splitlines()) == 1
