@@ -1,12 +1,12 @@
-"""Open an exported model (``skipdecode export`` folder) on a runtime backend for evaluation.
+"""Open an exported model (``skipdecode export`` folder, or a TensorRT engine folder) for evaluation.
 
-The backends live in runtime/ and are imported only when asked, so evaluating the PyTorch
-reference never needs ONNX Runtime or TensorRT, and the export path never needs torch.
+The backends are runtime/'s (``skipdecode.runtime.api.open_backend``), imported only when asked,
+so evaluating the PyTorch reference never needs ONNX Runtime or TensorRT, and the export path
+never needs torch.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
@@ -14,9 +14,7 @@ from skipdecode.errors import SkipDecodeError
 from skipdecode.schedule import Schedule
 from skipdecode.tokenizer import Tokenizer
 
-# --backend -> (module under runtime/, the backend class in it)
-MODULES = {"onnxruntime": ("skipdecode.runtime.onnxruntime_backend", "OnnxRuntimeBackend"),
-           "tensorrt": ("skipdecode.runtime.tensorrt_backend", "TensorRTBackend")}
+KINDS = ("onnxruntime", "tensorrt")
 
 
 def _read(file: Path) -> dict:
@@ -40,22 +38,6 @@ def export_schedule(export_dir: Path) -> tuple[Schedule | None, dict]:
     return schedule, {k: v for k, v in meta.items() if k != "schedule"}
 
 
-def backend_class(kind: str):
-    if kind not in MODULES:
-        raise SkipDecodeError(f"unknown backend {kind!r} for an export (give one of {', '.join(MODULES)})")
-    name, cls = MODULES[kind]
-    try:
-        module = importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name == name:
-            raise SkipDecodeError(f"--backend {kind}: {name} is not part of this installation") from None
-        extra = "runtime" if kind == "onnxruntime" else kind
-        raise SkipDecodeError(f"--backend {kind} needs the {e.name} package (pip install 'skipdecode[{extra}]')") from None
-    if not hasattr(module, cls):
-        raise SkipDecodeError(f"--backend {kind}: {name} has no {cls}")
-    return getattr(module, cls)
-
-
 def resolve_export(export_dir: str | Path, kind: str) -> Path:
     """An export folder; a ``--target both`` export holds one folder per target inside."""
     path = Path(export_dir)
@@ -68,12 +50,15 @@ def resolve_export(export_dir: str | Path, kind: str) -> Path:
 
 def open_export(export_dir: str | Path, kind: str, device: str = "cpu"):
     """-> (backend, tokenizer, trained schedule or None, training facts)."""
+    if kind not in KINDS:
+        raise SkipDecodeError(f"unknown backend {kind!r} for an export (give one of {', '.join(KINDS)})")
     path = resolve_export(export_dir, kind)
-    cls = backend_class(kind)
-    if kind == "onnxruntime":
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
-        backend = cls(path, providers=providers)
-    else:
-        backend = cls(path)
+    try:
+        from skipdecode.runtime.api import open_backend
+
+        backend = open_backend(path, kind, device)
+    except ModuleNotFoundError as e:
+        extra = "runtime" if kind == "onnxruntime" else kind
+        raise SkipDecodeError(f"--backend {kind} needs the {e.name} package (pip install 'skipdecode[{extra}]')") from None
     schedule, training = export_schedule(path)
     return backend, Tokenizer.from_dir(path), schedule, training
