@@ -14,6 +14,8 @@ from skipdecode.errors import SkipDecodeError
 COMMANDS = {
     "demo": ("demo", "the main job on the embedded default model: full vs skip schedule side by side"),
     "generate": ("generate", "generate with the PyTorch reference under a skip schedule"),
+    "eval": ("eval", "score generations against references (BLEU, ROUGE-L) with the realised speedup"),
+    "compare": ("compare", "compare eval reports: a table and a quality-vs-speedup plot"),
     "run": ("run", "serve an export with ONNX Runtime or TensorRT (no torch needed)"),
     "build-engines": ("build_engines", "build TensorRT engines from a --target tensorrt export"),
     "export": ("export", "export per-layer ONNX graphs (embed, layers, lm_head) with a validated manifest"),
