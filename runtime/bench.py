@@ -154,15 +154,20 @@ def make_prompts(vocab_size: int, batch_size: int, prompt_len: int, seed: int = 
 
 
 def fit_layer_cost(steps: Sequence[tuple[int, float]]) -> tuple[float, float] | None:
-    """Least squares ``seconds = fixed + per_layer * layers`` -> (fixed, per_layer) in seconds,
-    or None without two different layer counts.
+    """Least squares ``seconds = fixed + per_layer * layers`` over the median time of each layer
+    count -> (fixed, per_layer) in seconds, or None without two different layer counts.
 
     >>> fit_layer_cost([(2, 0.5), (4, 0.9), (6, 1.3)])
     (0.1, 0.2)
     """
-    if len({n for n, _ in steps}) < 2:
+    by_layers: dict[int, list[float]] = {}
+    for n, s in steps:
+        by_layers.setdefault(n, []).append(s)
+    if len(by_layers) < 2:
         return None
-    n, s = np.array(steps, dtype=np.float64).T
+    # the median per layer count first: one step delayed by another process moves nothing
+    n = np.array(sorted(by_layers), dtype=np.float64)
+    s = np.array([statistics.median(by_layers[k]) for k in sorted(by_layers)])
     per_layer, fixed = np.polyfit(n, s, 1)
     return round(float(fixed), 12), round(float(per_layer), 12)
 
@@ -213,7 +218,7 @@ def _summarize(runner: Runner, B: int, s: float, schedule: Schedule, timings: li
     ideal_layer = machine.seconds(*shape.layer_cost(B, P + N // 2))
     return Record(
         backend=runner.name, batch_size=B, speedup=s, tokens_per_s=round(tps, 2),
-        ms_per_token=round(1000 * statistics.median(t.decode_s / (N - 1) for t in timings), 3),
+        ms_per_token=round(1000 * B / tps, 3),  # one decode step emits B tokens
         mean_layers=round(sum(layers) / len(layers), 3), ideal_speedup=round(ideal, 3),
         measured_speedup=round(measured, 3), efficiency=round(measured / ideal, 3), tokens=tokens,
         ttft_ms=round(1000 * statistics.median(t.ttft_s for t in timings), 2),
@@ -338,6 +343,9 @@ def plot_records(records: Sequence[Record], path: str | Path, title: str = "") -
     batch_sizes = sorted({r.batch_size for r in records})
     ax.set_xscale("log", base=2)
     ax.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
+    rates = [r.tokens_per_s for r in records if r.tokens_per_s > 0]
+    if rates and max(rates) / min(rates) > 30:  # backends orders of magnitude apart
+        ax.set_yscale("log")
     ax.set_xlabel("batch size")
     ax.set_ylabel("decode tokens/s")
     ax.set_title(title, fontsize=9)

@@ -4,7 +4,6 @@ model's ideal and against monolithic baselines (transformers, ONNX Runtime GenAI
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 
@@ -42,7 +41,7 @@ def add_arguments(p):
     src = p.add_argument_group("model")
     src.add_argument("--model", help="smollm2-135m, an HF checkpoint folder or a .gguf: the torch backend's model and "
                      "the --compare baselines' (default: the export's source, else smollm2-135m)")
-    src.add_argument("--export", help="per-layer export folder (onnxruntime / tensorrt backends)")
+    src.add_argument("--export", help="per-layer export folder (onnxruntime) or engine folder (tensorrt)")
     p.add_argument("--backend", type=_names(BACKENDS), default=None,
                    help="comma-separated: torch, onnxruntime, tensorrt (default: torch with --model, "
                    "onnxruntime with --export)")
@@ -62,30 +61,14 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, default=0, help="seed of the random prompt ids")
     p.add_argument("--json", help="write the records (and machine info) to this JSON file")
     p.add_argument("--plot", help="write tokens/s against batch size to this PNG")
-    p.add_argument("--device", default="cpu", help="torch and hf device (default cpu)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda, for every backend (default cpu)")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
     p.add_argument("--hf-cache", choices=("dynamic", "static"), default="dynamic",
                    help="transformers' KV cache for --compare hf (default dynamic: faster on CPU here)")
     p.add_argument("--build-dir", default="build", help="where the ort-genai model is built and cached")
     g = p.add_argument_group("cost model (ideal speedup); defaults measured on this project's 2-core CPU")
     g.add_argument("--mem-bw", type=float, default=44.0, help="memory bandwidth, GB/s (default 44)")
     g.add_argument("--gflops", type=float, default=195.0, help="fp32 GEMM GFLOP/s (default 195)")
-
-
-def _load_export_backend(kind: str, export_dir: str, device: str):
-    """The per-layer export's runtime backend (skipdecode.runtime.<kind>_backend)."""
-    try:
-        module = importlib.import_module(f"skipdecode.runtime.{kind}_backend")
-    except ModuleNotFoundError as e:
-        if e.name and e.name.startswith("skipdecode"):
-            raise SkipDecodeError(f"--backend {kind}: this install has no {kind} backend") from None
-        extra = "runtime" if kind == "onnxruntime" else kind
-        raise SkipDecodeError(f"--backend {kind}: missing {e.name} (pip install 'skipdecode[{extra}]')") from None
-    if hasattr(module, "load_backend"):
-        return module.load_backend(export_dir, device=device)
-    if kind == "onnxruntime":
-        providers = ["CUDAExecutionProvider"] if device.startswith("cuda") else None
-        return module.OnnxRuntimeBackend(export_dir, providers=providers)
-    raise SkipDecodeError(f"--backend {kind}: skipdecode.runtime.{kind}_backend has no load_backend()")
 
 
 def _export_source(export_dir: str) -> str | None:
@@ -143,7 +126,14 @@ def run(args) -> int:
             runner.note = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
             runners.append(runner)
         else:
-            runners.append(bench.LoopRunner(_load_export_backend(kind, args.export, args.device), kind))
+            from skipdecode.runtime.api import open_backend
+
+            runner = bench.LoopRunner(open_backend(args.export, kind, args.device, threads=args.threads), kind)
+            if kind == "onnxruntime":
+                import onnxruntime
+
+                runner.note = f"onnxruntime {onnxruntime.__version__}, {args.threads or 'all'} intra-op threads"
+            runners.append(runner)
     if "hf" in args.compare:
         from skipdecode.models.hf_baseline import HFGenerateRunner
 

@@ -14,6 +14,7 @@ from skipdecode.errors import SkipDecodeError
 COMMANDS = {
     "demo": ("demo", "the main job on the embedded default model: full vs skip schedule side by side"),
     "generate": ("generate", "generate with the PyTorch reference under a skip schedule"),
+    "bench": ("bench", "decode tokens/s per backend, batch size and speedup vs ideal and baselines"),
     "eval": ("eval", "score generations against references (BLEU, ROUGE-L) with the realised speedup"),
     "compare": ("compare", "compare eval reports: a table and a quality-vs-speedup plot"),
     "run": ("run", "serve an export with ONNX Runtime or TensorRT (no torch needed)"),
