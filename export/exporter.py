@@ -8,6 +8,7 @@ folder (and never replaces a good one).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -259,6 +260,9 @@ def export_model(spec: str, out: str | Path, cfg: ExportConfig = ExportConfig(),
                 report = verify_export(folder, reference, log=log)
                 (folder / "validation.json").write_text(json.dumps(report, indent=2))
             results[target] = {"manifest": manifest, "report": report, "folder": str(out if folder == tmp else out / target)}
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; give the export the usual folder mode
         if out.exists():  # --overwrite: swap in, then drop the old export
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             out.rename(old / out.name)
