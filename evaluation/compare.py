@@ -116,6 +116,7 @@ def plot(reports: list[dict], path: str | Path, x: str = "layer") -> Path:
                 if not full:
                     ax.annotate(f"{p['target_speedup']:g}x", (p[xkey], p[metric]), textcoords="offset points",
                                 xytext=(5, 5), fontsize=8, color=cmap(i % 10))
+        ax.margins(x=0.08, y=0.1)  # room for the speedup labels at the edges
         ax.set_title(title)
         ax.set_xlabel("realised layer speedup (L / mean layers run)" if x == "layer"
                       else "measured speedup (tokens/s over full depth)")
