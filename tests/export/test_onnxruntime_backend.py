@@ -1,6 +1,6 @@
 """The ONNX Runtime backend (runtime/onnxruntime_backend.py) chaining a tiny export, against the
 TorchBackend through the same generation loop. Lives beside the export tests because it needs
-their exports (tests/export/conftest.py)."""
+their exports (tests/conftest.py)."""
 
 from __future__ import annotations
 
