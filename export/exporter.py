@@ -8,10 +8,7 @@ folder (and never replaces a good one).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from skipdecode.errors import SkipDecodeError
+from skipdecode.io import atomic_dir
 from skipdecode.export import ort_graphs, torch_graphs
 from skipdecode.export.contract import FORMAT_VERSION, TARGETS, TOP_K, layer_file
 from skipdecode.models.loading import EMBEDDED
@@ -246,10 +244,8 @@ def export_model(spec: str, out: str | Path, cfg: ExportConfig = ExportConfig(),
               "lm_head": torch_graphs.export_lm_head(model, min(cfg.top_k, model.config.vocab_size), cfg.opset)}
     shared["seconds"] = time.perf_counter() - t0
     shared["source"] = spec if spec in EMBEDDED else str(Path(loaded.path).resolve())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     results = {}
-    try:
+    with atomic_dir(out) as tmp:
         for target in cfg.targets:
             folder = tmp if len(cfg.targets) == 1 else tmp / target
             manifest = write_target(model, loaded, folder, target, cfg, max_seq, shared, log)
@@ -260,16 +256,4 @@ def export_model(spec: str, out: str | Path, cfg: ExportConfig = ExportConfig(),
                 report = verify_export(folder, reference, log=log)
                 (folder / "validation.json").write_text(json.dumps(report, indent=2))
             results[target] = {"manifest": manifest, "report": report, "folder": str(out if folder == tmp else out / target)}
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; give the export the usual folder mode
-        if out.exists():  # --overwrite: swap in, then drop the old export
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            out.rename(old / out.name)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return results

@@ -11,13 +11,13 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from skipdecode.errors import SkipDecodeError
+from skipdecode.io import atomic_dir
 from skipdecode.models.config import ModelConfig, config_from_hf
 from skipdecode.schedule import Schedule
 from skipdecode.tokenizer import TOKENIZER_FILES, Tokenizer
@@ -89,9 +89,7 @@ def gguf_to_hf(gguf: Path, out: Path) -> Path:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except Exception as e:
         raise SkipDecodeError(f"{gguf}: cannot read GGUF ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         config = hf.config.to_dict()
         config.pop("quantization_config", None)
         config["architectures"] = [type(hf).__name__]
@@ -102,11 +100,6 @@ def gguf_to_hf(gguf: Path, out: Path) -> Path:
             state.pop("lm_head.weight", None)
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
         tok.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

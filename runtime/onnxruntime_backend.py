@@ -26,6 +26,7 @@ import numpy as np
 import onnxruntime as ort
 
 from skipdecode.errors import SkipDecodeError
+from skipdecode.runtime.layout import check_no_recompute, realign_prompt
 from skipdecode.runtime.manifest import load_manifest
 
 KV_ROUND = 64  # KV capacity is rounded up so batches of similar length reuse the buffers
@@ -160,10 +161,7 @@ class OnnxRuntimeBackend:
         if B != self.batch:
             raise SkipDecodeError(f"batch of {B} rows, buffers allocated for {self.batch} (call allocate first)")
         layers = tuple(layers)
-        for l in layers:
-            if self.layer_len[l] != slot:
-                raise RuntimeError(f"layer {l} holds KV for {self.layer_len[l]} slots but is asked to write at slot "
-                                   f"{slot}: the schedule let a skipped layer run again (KV would be recomputed)")
+        check_no_recompute(self.layer_len, layers, slot)
         self.layer_calls.append((slot, layers))
         if slot == 0:
             st = self._prefill_inputs(input_ids, positions, key_mask)
@@ -198,16 +196,11 @@ class OnnxRuntimeBackend:
     def _prefill_inputs(self, input_ids, positions, key_mask) -> dict:
         """Re-align the left-padded prompt so row b's tokens sit at [0, n_b) (right-padded)."""
         B, S = input_ids.shape
-        valid = np.asarray(key_mask[:, :S], bool)
-        n = valid.sum(1)
-        if (n == 0).any():
-            raise SkipDecodeError("empty prompt: every row needs at least one token")
+        ids, n = realign_prompt(input_ids, key_mask)
         self.lengths = np.zeros(B, np.int64)
         self.write_index[:] = 0
         st = self._bindings(S)
-        st["ids"][:] = 0
-        for b in range(B):
-            st["ids"][b, :n[b]] = input_ids[b, valid[b]]
+        st["ids"][:] = ids
         st["pos"][:] = np.arange(S)[None]
         st["last"][:] = n - 1
         st["n"] = n

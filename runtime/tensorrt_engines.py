@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from skipdecode.errors import SkipDecodeError
-from skipdecode.io import atomic_write_text
+from skipdecode.io import atomic_dir, atomic_write_text
 from skipdecode.runtime.manifest import MANIFEST, graph_entries, load_manifest, sha256_file
 
 ENGINES = "engines.json"
@@ -114,9 +113,7 @@ def build_engines(export_dir: str | Path, out: str | Path, max_batch: int = 32, 
         max_prompt = manifest["max_seq"] - 1
     if out.exists() and not overwrite:
         raise SkipDecodeError(f"{out}: exists (use --overwrite)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         engines: dict = {"layers": []}
         for role, entry in tqdm(graph_entries(manifest), desc="build engines", unit="engine", file=sys.stderr):
             name = Path(entry["file"]).with_suffix(".engine").name
@@ -142,11 +139,6 @@ def build_engines(export_dir: str | Path, out: str | Path, max_batch: int = 32, 
             "sha256": {n: sha256_file(tmp / n) for n in [engines["embed"], *engines["layers"], engines["lm_head"]]},
         }
         atomic_write_text(tmp / ENGINES, json.dumps(record, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return record
 
 

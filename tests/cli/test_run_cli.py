@@ -1,10 +1,8 @@
 """`skipdecode run` over an ONNX export: same output as `generate`, and no torch needed."""
 
 import json
-import subprocess
-import sys
-import textwrap
 
+from tiny import run_without_torch
 from skipdecode.cli.main import main
 
 ARGS = ["--prompt", "w5 w9 w14 w3", "--prompt", "w31", "--max-new-tokens", "8", "--speedup", "2", "--window", "4"]
@@ -25,19 +23,8 @@ def test_run_equals_generate(tiny_export, export_checkpoints, capsys):
 def test_run_works_with_torch_and_transformers_unimportable(tiny_export, tmp_path):
     folder, _, _ = tiny_export("opt-gqa")
     out = tmp_path / "out.jsonl"
-    code = textwrap.dedent(f"""
-        import sys
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split('.')[0] in ('torch', 'transformers'):
-                    raise ImportError('blocked ' + name)
-        sys.meta_path.insert(0, Block())
-        from skipdecode.cli.main import main
-        code = main(["run", "--export", {str(folder)!r}, "--output", {str(out)!r}, *{ARGS!r}])
-        assert not any(m.split('.')[0] in ('torch', 'transformers') for m in sys.modules)
-        sys.exit(code)
-    """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = run_without_torch("from skipdecode.cli.main import main\n"
+                             f"rc = main(['run', '--export', {str(folder)!r}, '--output', {str(out)!r}, *{ARGS!r}])")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [json.loads(l)["tokens"] for l in out.read_text().splitlines()] == [8, 8]
 

@@ -8,36 +8,33 @@ import pytest
 from skipdecode.cli.main import main
 
 pytest.importorskip("onnxruntime")
-exporter = pytest.importorskip("skipdecode.export.exporter")
+pytest.importorskip("skipdecode.export.exporter")
 
 ROWS = '"mr","ref"\n"w3 w4 w5","w10 w11 w12"\n"w6 w7","w12 w13"\n"w3 w4 w5","w60 w65 w67"\n"w8 w9 w20 w21","w14"\n' \
        '"w30","w56 w16"\n'
 
 
-@pytest.fixture(scope="module")
-def tiny_export(tiny_checkpoints, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export") / "llama"
-    exporter.export_model(str(tiny_checkpoints["llama"]), out, exporter.ExportConfig(max_seq=64, validate=False),
-                          log=lambda s: None)
-    return out
+@pytest.fixture
+def export_dir(tiny_export):
+    return tiny_export("llama-gqa")[0]
 
 
 def outputs(folder):
     return [json.loads(line) for line in (folder / "outputs.jsonl").read_text().splitlines()]
 
 
-def test_eval_export_on_onnxruntime_equals_the_pytorch_reference(tiny_checkpoints, tiny_export, tmp_path, capsys):
+def test_eval_export_on_onnxruntime_equals_the_pytorch_reference(export_checkpoints, export_dir, tmp_path, capsys):
     data = tmp_path / "t.csv"
     data.write_text(ROWS)
     common = ["--data", str(data), "--max-layers", "5", "--min-layers", "2", "--window", "8",
               "--max-new-tokens", "8", "--batch-size", "3"]
-    assert main(["eval", "--model", str(tiny_checkpoints["llama"]), *common, "--out", str(tmp_path / "torch")]) == 0
-    assert main(["eval", "--export", str(tiny_export), *common, "--out", str(tmp_path / "ort")]) == 0
+    assert main(["eval", "--model", str(export_checkpoints["llama-gqa"]), *common, "--out", str(tmp_path / "torch")]) == 0
+    assert main(["eval", "--export", str(export_dir), *common, "--out", str(tmp_path / "ort")]) == 0
     torch_out, ort_out = outputs(tmp_path / "torch"), outputs(tmp_path / "ort")
     assert [o["token_ids"] for o in ort_out] == [o["token_ids"] for o in torch_out]
     assert all(o["token_ids"] for o in ort_out)
     reports = [json.loads((tmp_path / n / "report.json").read_text()) for n in ("torch", "ort")]
-    assert reports[1]["backend"] == "onnxruntime" and reports[1]["export"] == str(tiny_export)
+    assert reports[1]["backend"] == "onnxruntime" and reports[1]["export"] == str(export_dir)
     for key in ("bleu", "rouge_l", "mean_layers", "layer_speedup", "target_speedup", "tokens"):
         assert reports[0][key] == reports[1][key], key
 
@@ -49,10 +46,10 @@ def test_eval_export_on_onnxruntime_equals_the_pytorch_reference(tiny_checkpoint
     assert png.stat().st_size > 10_000
 
 
-def test_eval_export_without_tensorrt_is_a_one_line_error(tiny_export, tmp_path, capsys):
+def test_eval_export_without_tensorrt_is_a_one_line_error(export_dir, tmp_path, capsys):
     data = tmp_path / "t.csv"
     data.write_text(ROWS)
-    code = main(["eval", "--export", str(tiny_export), "--backend", "tensorrt", "--data", str(data),
+    code = main(["eval", "--export", str(export_dir), "--backend", "tensorrt", "--data", str(data),
                  "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     if code == 0:  # a TensorRT machine
@@ -61,23 +58,15 @@ def test_eval_export_without_tensorrt_is_a_one_line_error(tiny_export, tmp_path,
     assert err.count("\n") == 1  # one line, no traceback
 
 
-def test_eval_export_runs_without_torch(tiny_export, tmp_path):
+def test_eval_export_runs_without_torch(export_dir, tmp_path):
     """An edge install (ONNX Runtime, numpy, tokenizers) evaluates an export: torch is never imported."""
-    import subprocess
-    import sys
+    from tiny import run_without_torch
 
     data = tmp_path / "t.csv"
     data.write_text(ROWS)
-    # a finder that refuses them (sys.modules[...] = None would confuse scipy's torch detection)
-    code = ("import sys\n"
-            "class Block:\n"
-            "    def find_spec(self, name, path=None, target=None):\n"
-            "        if name.split('.')[0] in ('torch', 'transformers'):\n"
-            "            raise ModuleNotFoundError(name)\n"
-            "sys.meta_path.insert(0, Block())\n"
-            "from skipdecode.cli.main import main\n"
-            f"sys.exit(main(['eval', '--export', {str(tiny_export)!r}, '--data', {str(data)!r}, "
-            f"'--speedup', '2', '--max-new-tokens', '4', '--out', {str(tmp_path / 'o')!r}]))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    code = (f"from skipdecode.cli.main import main\n"
+            f"rc = main(['eval', '--export', {str(export_dir)!r}, '--data', {str(data)!r}, "
+            f"'--speedup', '2', '--max-new-tokens', '4', '--out', {str(tmp_path / 'o')!r}])")
+    proc = run_without_torch(code)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((tmp_path / "o" / "report.json").read_text())["target_speedup"] == pytest.approx(2.0, rel=0.05)

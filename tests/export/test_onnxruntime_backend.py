@@ -4,12 +4,12 @@ their exports (tests/conftest.py)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
+
+from tiny import run_without_torch
 
 from skipdecode.errors import SkipDecodeError
 from skipdecode.models.backend import TorchBackend
@@ -58,21 +58,12 @@ def test_errors(tiny_export):
 
 def test_backend_imports_neither_torch_nor_transformers(tiny_export):
     folder, _, _ = tiny_export("opt-gqa")
-    code = textwrap.dedent(f"""
-        import sys
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split('.')[0] in ('torch', 'transformers'):
-                    raise ImportError('blocked ' + name)
-        sys.meta_path.insert(0, Block())
+    proc = run_without_torch(textwrap.dedent(f"""
         from skipdecode.runtime.onnxruntime_backend import OnnxRuntimeBackend
         from skipdecode.runtime import GenerationConfig, generate_ids
         from skipdecode.schedule import Schedule
         b = OnnxRuntimeBackend({str(folder)!r})
         rows = generate_ids(b, [[5, 6, 7], [9]], Schedule.full(6), GenerationConfig(max_new_tokens=3), [2], 0)
         assert all(len(r.token_ids) >= 1 for r in rows)
-        assert not any(m.split('.')[0] in ('torch', 'transformers') for m in sys.modules)
-        print('ok')
-    """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    """))
+    assert proc.returncode == 0, proc.stderr[-2000:]

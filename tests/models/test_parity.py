@@ -74,7 +74,7 @@ def test_greedy_batched_matches_transformers_batched(tiny_models):
 ])
 def test_rope_scaling_matches_transformers(tmp_path, rope):
     import transformers
-    from conftest import TINY_LLAMA, make_hf, save_checkpoint
+    from tiny import TINY_LLAMA, make_hf, save_checkpoint
     from skipdecode.models import load_model
 
     cfg = {k: v for k, v in TINY_LLAMA.items() if k != "rope_theta"}
@@ -88,7 +88,7 @@ def test_rope_scaling_matches_transformers(tmp_path, rope):
 
 
 def test_pytorch_bin_checkpoint_loads(tmp_path, tiny_models):
-    from conftest import write_tokenizer
+    from tiny import write_tokenizer
     from skipdecode.models import load_model
 
     hf, ref = tiny_models["opt"]

@@ -1,6 +1,5 @@
 """The generation loop, driven through the PyTorch reference backend."""
 
-import numpy as np
 import pytest
 
 from skipdecode.errors import SkipDecodeError

@@ -2,8 +2,6 @@
 token counts, the reference's greedy tokens; OPT is refused with a clear error."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -12,8 +10,7 @@ from skipdecode.runtime.bench import make_prompts
 from skipdecode.runtime.ort_genai import STAMP, build_model
 from skipdecode.schedule import Schedule
 
-sys.path.insert(0, str(Path(__file__).parents[1]))
-from conftest import TINY_LLAMA, make_hf, save_checkpoint  # noqa: E402
+from tiny import TINY_LLAMA, make_hf, save_checkpoint
 
 
 def test_opt_is_refused_before_building(tiny_checkpoints, tmp_path):
