@@ -83,13 +83,18 @@ class OrtGenAIRunner:
     name = "ort-genai"
     skips = False
 
-    def __init__(self, model_dir: str | Path):
+    def __init__(self, model_dir: str | Path, threads: int | None = None):
         _version()
         import onnxruntime_genai as og
 
         self.og = og
-        self.model = og.Model(str(model_dir))
-        self.note = f"onnxruntime-genai {_version()} model builder graph"
+        config = og.Config(str(model_dir))
+        if threads:
+            options = {"intra_op_num_threads": threads}
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+        self.model = og.Model(config)
+        self.note = (f"onnxruntime-genai {_version()} model builder graph, "
+                     f"{threads or 'all'} intra-op threads")
         self.last_tokens: list[list[int]] = []
 
     def run(self, prompts: np.ndarray, schedule: Schedule, new_tokens: int) -> RunTiming:

@@ -37,6 +37,7 @@ def main() -> None:
     p.add_argument("--speedup", type=float, default=1.0)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--top", type=int, default=15)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = p.parse_args()
 
     import torch
@@ -49,6 +50,8 @@ def main() -> None:
     from skipdecode.runtime.generate import StepEvent, stream_batch
     from skipdecode.schedule import Schedule
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = load_model(args.model).model
     L, B, P = model.num_layers, args.batch_size, args.prompt_len
     backend = TorchBackend(model)

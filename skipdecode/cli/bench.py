@@ -62,7 +62,9 @@ def add_arguments(p):
     p.add_argument("--json", help="write the records (and machine info) to this JSON file")
     p.add_argument("--plot", help="write tokens/s against batch size to this PNG")
     p.add_argument("--device", default="cpu", help="cpu or cuda, for every backend (default cpu)")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads of every runtime: torch (and hf), onnxruntime, ort-genai (default: each "
+                   "runtime's own, all cores)")
     p.add_argument("--hf-cache", choices=("dynamic", "static"), default="dynamic",
                    help="transformers' KV cache for --compare hf (default dynamic: faster on CPU here)")
     p.add_argument("--build-dir", default="build", help="where the ort-genai model is built and cached")
@@ -82,35 +84,14 @@ def _export_source(export_dir: str) -> str | None:
         return None
 
 
-def run(args) -> int:
-    from tqdm import tqdm
-
+def _make_runners(args, backends, hf_dir, og_dir) -> list:
+    """Layer-chaining backends first, then the baselines."""
     from skipdecode.runtime import bench
-    from skipdecode.runtime.costmodel import Machine, ModelShape
 
-    backends = args.backend or (("onnxruntime",) if args.export else ("torch",))
-    needs_model = "torch" in backends or bool(args.compare)
-    if args.export is None and any(b != "torch" for b in backends):
-        raise SkipDecodeError(f"--backend {','.join(backends)} needs --export DIR")
-    if args.export is not None and not Path(args.export).is_dir():
-        raise SkipDecodeError(f"--export {args.export}: no such folder")
-    config = bench.BenchConfig(args.batch_sizes, args.speedups, args.prompt_len, args.new_tokens, args.window,
-                               args.warmup_layers, args.decay, args.warmup, args.repeats, args.seed)
-    machine = Machine(args.mem_bw, args.gflops)
+    if args.threads and hf_dir is not None:  # torch (and hf) share one intra-op pool
+        import torch
 
-    hf_dir = None
-    spec = args.model or (_export_source(args.export) if args.export else None) or "smollm2-135m"
-    if needs_model or args.export is None:
-        from skipdecode.models.loading import resolve
-
-        hf_dir = resolve(spec)
-    shape = ModelShape.from_dir(hf_dir if hf_dir is not None else args.export)
-    config.schedules(shape.num_layers)  # an unreachable speedup fails here, before any loading
-    if "ort-genai" in args.compare:  # build (or find) the baseline first: its errors come early
-        from skipdecode.runtime.ort_genai import build_model
-
-        og_dir = build_model(hf_dir, args.build_dir)
-
+        torch.set_num_threads(args.threads)
     runners = []
     for kind in backends:
         if kind == "torch":
@@ -135,14 +116,52 @@ def run(args) -> int:
                 runner.note = f"onnxruntime {onnxruntime.__version__}, {args.threads or 'all'} intra-op threads"
             runners.append(runner)
     if "hf" in args.compare:
+        import torch
+
         from skipdecode.models.hf_baseline import HFGenerateRunner
 
-        runners.append(HFGenerateRunner(str(hf_dir), args.hf_cache, args.device))
+        runner = HFGenerateRunner(str(hf_dir), args.hf_cache, args.device)
+        runner.note += f", {torch.get_num_threads()} threads"
+        runners.append(runner)
     if "ort-genai" in args.compare:
         from skipdecode.runtime.ort_genai import OrtGenAIRunner
 
-        runners.append(OrtGenAIRunner(og_dir))
+        runners.append(OrtGenAIRunner(og_dir, args.threads))
+    return runners
 
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from skipdecode.runtime import bench
+    from skipdecode.runtime.costmodel import Machine, ModelShape
+
+    backends = args.backend or (("onnxruntime",) if args.export else ("torch",))
+    needs_model = "torch" in backends or bool(args.compare)
+    if args.export is None and any(b != "torch" for b in backends):
+        raise SkipDecodeError(f"--backend {','.join(backends)} needs --export DIR")
+    if args.threads is not None and args.threads < 1:
+        raise SkipDecodeError(f"--threads must be >= 1, got {args.threads}")
+    if args.export is not None and not Path(args.export).is_dir():
+        raise SkipDecodeError(f"--export {args.export}: no such folder")
+    config = bench.BenchConfig(args.batch_sizes, args.speedups, args.prompt_len, args.new_tokens, args.window,
+                               args.warmup_layers, args.decay, args.warmup, args.repeats, args.seed)
+    machine = Machine(args.mem_bw, args.gflops)
+
+    hf_dir = None
+    spec = args.model or (_export_source(args.export) if args.export else None) or "smollm2-135m"
+    if needs_model or args.export is None:
+        from skipdecode.models.loading import resolve
+
+        hf_dir = resolve(spec)
+    shape = ModelShape.from_dir(hf_dir if hf_dir is not None else args.export)
+    config.schedules(shape.num_layers)  # an unreachable speedup fails here, before any loading
+    og_dir = None
+    if "ort-genai" in args.compare:  # build (or find) the baseline first: its errors come early
+        from skipdecode.runtime.ort_genai import build_model
+
+        og_dir = build_model(hf_dir, args.build_dir)
+    runners = _make_runners(args, backends, hf_dir, og_dir)
     info = bench.machine_info()
     bar = tqdm(total=bench.count_runs(runners, config), desc="bench", unit="run", file=sys.stderr)
 
