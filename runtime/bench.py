@@ -345,7 +345,12 @@ def plot_records(records: Sequence[Record], path: str | Path, title: str = "") -
     ax.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
     rates = [r.tokens_per_s for r in records if r.tokens_per_s > 0]
     if rates and max(rates) / min(rates) > 30:  # backends orders of magnitude apart
+        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("batch size")
     ax.set_ylabel("decode tokens/s")
     ax.set_title(title, fontsize=9)

@@ -183,6 +183,7 @@ def run(args) -> int:
     if args.json:
         bench.write_json(args.json, records, config, machine, model, info)
     if args.plot:
-        bench.plot_records(records, args.plot, f"{model}: P={config.prompt_len}, N={config.new_tokens}, "
-                           f"fp32, {info['cores']} cores")
+        threads = f"{args.threads} thread(s) per runtime" if args.threads else "default threads"
+        bench.plot_records(records, args.plot, f"{model}: prompt {config.prompt_len}, {config.new_tokens} new "
+                           f"tokens, fp32, {info['cores']} cores, {threads}")
     return 0
