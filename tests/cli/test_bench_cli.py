@@ -7,11 +7,20 @@ import pytest
 from skipdecode.cli.main import main
 
 
-def test_bench_with_hf_baseline_writes_json_and_plot(tiny_checkpoints, tmp_path, capsys):
+@pytest.fixture
+def restore_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_bench_with_hf_baseline_writes_json_and_plot(tiny_checkpoints, tmp_path, capsys, restore_threads):
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     assert main(["bench", "--model", str(tiny_checkpoints["llama"]), "--batch-sizes", "1,2", "--speedups", "2",
                  "--prompt-len", "3", "--new-tokens", "4", "--warmup", "0", "--repeats", "1", "--compare", "hf",
-                 "--json", str(out), "--plot", str(png)]) == 0
+                 "--threads", "1", "--json", str(out), "--plot", str(png)]) == 0
     doc = json.loads(out.read_text())
     keys = [(r["backend"], r["batch_size"], r["speedup"]) for r in doc["records"]]
     assert keys == [("torch", 1, 1.0), ("torch", 1, 2.0), ("hf", 1, 1.0),
@@ -20,7 +29,7 @@ def test_bench_with_hf_baseline_writes_json_and_plot(tiny_checkpoints, tmp_path,
     assert doc["settings"]["new_tokens"] == 4 and doc["settings"]["window"] is None
     assert png.read_bytes()[:4] == b"\x89PNG"
     table = capsys.readouterr().out
-    assert "tok/s" in table and "hf: transformers" in table
+    assert "tok/s" in table and "hf: transformers" in table and "1 threads" in table
 
 
 def error_of(argv, capsys):

@@ -39,7 +39,19 @@ def test_loop_runner_times_every_decode_forward(tiny_models):
     assert [layers for _, layers in calls[1:]] == [sched.layers_for_step(t) for t in range(6)]
 
 
-def test_run_bench_records(tiny_models):
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a shared 2-core machine a 2-thread parallel region waits for a
+    descheduled thread (milliseconds per attention call), which only makes tests slow."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_run_bench_records(tiny_models, one_thread):
     loaded = tiny_models["llama"][1]
     shape = ModelShape.from_dir(loaded.path)
     config = BenchConfig(batch_sizes=(1, 3), speedups=(2, 3), prompt_len=4, new_tokens=5, warmup=1, repeats=2)
