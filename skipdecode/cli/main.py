@@ -14,6 +14,7 @@ from skipdecode.errors import SkipDecodeError
 COMMANDS = {
     "demo": ("demo", "the main job on the embedded default model: full vs skip schedule side by side"),
     "generate": ("generate", "generate with the PyTorch reference under a skip schedule"),
+    "train": ("train", "fine-tune a model under a skip schedule (E2E CSV or JSONL data)"),
     "bench": ("bench", "decode tokens/s per backend, batch size and speedup vs ideal and baselines"),
     "eval": ("eval", "score generations against references (BLEU, ROUGE-L) with the realised speedup"),
     "compare": ("compare", "compare eval reports: a table and a quality-vs-speedup plot"),

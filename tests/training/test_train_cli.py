@@ -1,0 +1,53 @@
+"""`skipdecode train` end to end on a tiny model, and its one-line errors (exit 2)."""
+
+import json
+
+import pytest
+
+from train_helpers import e2e_rows, write_e2e
+from skipdecode.cli.main import main
+
+
+def run(capsys, *argv):
+    code = main(["train", *map(str, argv)])
+    return code, capsys.readouterr().err
+
+
+def test_train_cli_evaluates_checkpoints_and_splits(train_llama, tmp_path, capsys):
+    data = write_e2e(tmp_path / "d.csv", [(mr, ref) for mr, ref in e2e_rows(12) for _ in range(2)])
+    out = tmp_path / "out"
+    code, err = run(capsys, "--model", train_llama, "--data", data, "--out", out, "--speedup", 3, "--window", 8,
+                    "--max-steps", 4, "--batch-size", 4, "--eval-every", 2, "--holdout", 0.25, "--eval-samples", 2,
+                    "--save-every", 2, "--no-progress", "--lr", 1e-3)
+    assert code == 0, err
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in log if r["event"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 2, 4]
+    assert all(r["dev_loss"] > 0 and len(r["samples"]["3.00x"]) == 2 for r in evals)
+    assert evals[-1]["dev_loss"] < evals[0]["dev_loss"]
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["heldout_groups"]) == 3 and split["heldout_examples"] == 6 and split["train_examples"] == 18
+    assert (out / "final" / "model.safetensors").exists() and (out / "checkpoint-000002" / "trainer_state.pt").exists()
+    assert json.loads((out / "final" / "skipdecode.json").read_text())["schedule"]["window"] == 8
+
+
+@pytest.mark.parametrize("rows, argv, message", [
+    ([("w3 w4", "w5"), ("w6", "")], [], "d.csv:3: missing or empty field 'ref'"),
+    ([("w3", "w4")], ["--speedup-range", "3"], "--speedup-range '3': expected A:B"),
+    ([("w3", "w4")], ["--speedup-range", "2:9"], "--speedup-range: 9 is above 6"),
+    ([("w3", "w4")], ["--speedup", "3", "--max-layers", "4"], "give --speedup or --max-layers/--min-layers, not both"),
+    ([("w3", "w4")], ["--eval-every", "2", "--holdout", "0"], "--eval-every needs evaluation data"),
+    ([("w3", "w4")], ["--batch-size", "0"], "batch_size must be >= 1"),
+    ([("w3", "w4")], ["--resume"], "--resume: no checkpoint"),
+])
+def test_bad_input_is_one_line_and_exit_2(train_llama, tmp_path, capsys, rows, argv, message):
+    data = write_e2e(tmp_path / "d.csv", rows)
+    code, err = run(capsys, "--model", train_llama, "--data", data, "--out", tmp_path / "out", "--max-steps", 1,
+                    "--no-progress", *argv)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("skipdecode train: error: ") and message in err, err
+
+
+def test_missing_data_file(tmp_path, capsys):
+    code, err = run(capsys, "--data", tmp_path / "nope.csv", "--out", tmp_path / "out", "--max-steps", 1)
+    assert code == 2 and err == f"skipdecode train: error: {tmp_path / 'nope.csv'}: no such file\n"

@@ -1,0 +1,100 @@
+"""Checkpoints in transformers' layout, written atomically, plus the trainer state for --resume.
+
+A checkpoint folder holds config.json, model.safetensors, the tokenizer files and
+generation_config.json (what ``AutoModelForCausalLM.from_pretrained`` and ``load_model`` read),
+skipdecode.json (the schedule it was trained under) and trainer_state.pt (optimizer, LR schedule,
+data position and RNG states). It is written into a temporary folder that is then renamed, so a
+crash or Ctrl-C never leaves a half-written checkpoint under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from skipdecode.errors import SkipDecodeError
+from skipdecode.models.loading import SCHEDULE_FILE, copy_tokenizer
+
+TRAINER_STATE = "trainer_state.pt"
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+FINAL = "final"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"checkpoint-{step:06d}"
+
+
+def state_dict_for_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """HF names, contiguous CPU tensors; a tied lm_head is dropped (safetensors refuses shared
+    tensors, and transformers re-ties it from ``tie_word_embeddings``)."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    return state
+
+
+def save_checkpoint(model: torch.nn.Module, tokenizer_dir: Path, dst: Path, info: dict,
+                    trainer_state: dict | None = None) -> Path:
+    """Write ``model`` (unwrapped) into ``dst`` atomically. ``info`` goes into skipdecode.json
+    and must hold ``{"schedule": schedule.to_dict(), ...}``."""
+    from safetensors.torch import save_file
+
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
+    try:
+        config = dict(model.config.hf)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_file(state_dict_for_save(model), tmp / "model.safetensors", metadata={"format": "pt"})
+        copy_tokenizer(Path(tokenizer_dir), tmp)
+        if not (tmp / "generation_config.json").exists():
+            gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
+            (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+        (tmp / SCHEDULE_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / TRAINER_STATE)
+        old = None
+        if dst.exists():
+            old = dst.with_name(f".{dst.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            dst.rename(old)
+        tmp.rename(dst)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dst
+
+
+def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every resumable checkpoint in ``out``, oldest first."""
+    found = []
+    for path in Path(out).glob("*"):
+        if not (path / TRAINER_STATE).exists():
+            continue
+        m = CHECKPOINT_RE.match(path.name)
+        if m:
+            found.append((int(m.group(1)), path))
+        elif path.name == FINAL:
+            found.append((int(load_trainer_state(path)["step"]), path))
+    return sorted(found)
+
+
+def load_trainer_state(path: Path) -> dict:
+    file = Path(path) / TRAINER_STATE
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file
+        raise SkipDecodeError(f"{file}: cannot read trainer state ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
+def prune_checkpoints(out: Path, keep: int) -> None:
+    """Remove all but the newest ``keep`` numbered checkpoints (``final`` is never removed)."""
+    numbered = [(s, p) for s, p in list_checkpoints(out) if p.name != FINAL]
+    for _, path in numbered[:-keep] if keep > 0 else []:
+        shutil.rmtree(path, ignore_errors=True)

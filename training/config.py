@@ -1,0 +1,87 @@
+"""The fine-tuning run's settings: one dataclass whose field docstrings are the CLI help."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out: Path
+    """Output folder: checkpoints, log.jsonl, split.json."""
+    max_steps: int | None = None
+    """Optimizer steps to run (or give epochs)."""
+    epochs: float | None = None
+    """Passes over the training data (used when max_steps is not given)."""
+    batch_size: int = 16
+    """Examples per micro-batch (per process)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    lr: float = 1e-4
+    """Peak learning rate (AdamW)."""
+    warmup_steps: int = 0
+    """Linear warm-up from 0 to lr, then linear decay to 0 at the last step."""
+    weight_decay: float = 0.0
+    """AdamW weight decay, on matrices only (not norms, biases)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm (0 disables)."""
+    seed: int = 0
+    """Seeds data order, schedule sampling and torch."""
+    eval_every: int = 0
+    """Evaluate every N steps, at step 0 and at the end (0: never)."""
+    save_every: int = 0
+    """Write a checkpoint every N steps (0: only at the end and on Ctrl-C)."""
+    keep_checkpoints: int = 2
+    """Numbered checkpoints to keep (the final one is kept as well)."""
+    log_every: int = 10
+    """Append the mean training loss to log.jsonl every N steps."""
+    eval_examples: int = 128
+    """Held-out examples for the dev loss (the first N of the eval set)."""
+    eval_samples: int = 4
+    """Held-out prompts decoded greedily under the schedule at each evaluation."""
+    max_new_tokens: int = 64
+    """Length cap of those greedy samples."""
+    max_length: int = 256
+    """Examples longer than this (prompt + target tokens) are dropped, with a count."""
+    distill_weight: float = 0.5
+    """With a teacher: loss = (1 - w) * CE + w * KL(teacher || student) on target tokens."""
+    mixed_precision: str = "auto"
+    """auto (bf16 on CUDA where supported, else fp32), no, bf16 or fp16."""
+    progress: bool = True
+    """tqdm bar on stderr."""
+
+    def __post_init__(self):
+        if self.max_steps is None and self.epochs is None:
+            raise ValueError("give max_steps or epochs")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        for name in ("batch_size", "grad_accum", "max_length", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_every", "save_every", "log_every", "eval_examples", "eval_samples",
+                     "keep_checkpoints"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise ValueError("weight_decay and max_grad_norm must be >= 0")
+        if not 0 <= self.distill_weight <= 1:
+            raise ValueError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+
+    def total_steps(self, batches_per_epoch: int) -> int:
+        if self.max_steps is not None:
+            return self.max_steps
+        return max(1, -(-int(self.epochs * batches_per_epoch) // self.grad_accum))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["out"] = str(self.out)
+        return d

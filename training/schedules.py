@@ -1,0 +1,86 @@
+"""Which schedule each training batch runs under: one fixed schedule, or one drawn per batch
+from a speedup range so that a single checkpoint serves every speedup in it.
+
+>>> s = ScheduleSampler.for_range(30, 2.0, 4.0, window=32)
+>>> rng = random.Random(0)
+>>> [round(s.sample(rng).speedup, 1) for _ in range(3)]
+[3.8, 3.5, 2.9]
+>>> s.saved().speedup == s.low.speedup
+True
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from dataclasses import dataclass
+
+from skipdecode.errors import SkipDecodeError
+from skipdecode.schedule import Schedule
+
+
+@functools.lru_cache(maxsize=512)
+def _solve(num_layers: int, speedup: float, window: int, warmup_layers: int, decay: str) -> Schedule:
+    if speedup == 1:
+        return Schedule.full(num_layers)
+    return Schedule.for_speedup(num_layers, speedup, window, warmup_layers, decay)
+
+
+def parse_range(text: str) -> tuple[float, float]:
+    """'2:4' -> (2.0, 4.0)."""
+    try:
+        lo, hi = (float(x) for x in text.split(":"))
+    except ValueError:
+        raise SkipDecodeError(f"--speedup-range {text!r}: expected A:B, e.g. 2:4") from None
+    if not 1 <= lo <= hi:
+        raise SkipDecodeError(f"--speedup-range {text!r}: need 1 <= A <= B")
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class ScheduleSampler:
+    fixed: Schedule | None = None
+    low: Schedule | None = None
+    """For a range: the schedule at its lower speedup (the one a checkpoint records)."""
+    speedup_range: tuple[float, float] | None = None
+    window: int = 32
+    warmup_layers: int = 1
+    decay: str = "linear"
+
+    @classmethod
+    def for_range(cls, num_layers: int, lo: float, hi: float, window: int = 32, warmup_layers: int = 1,
+                  decay: str = "linear") -> "ScheduleSampler":
+        most = num_layers / max(1, warmup_layers)
+        if hi > most:
+            raise SkipDecodeError(f"--speedup-range: {hi:g} is above {most:g}, the most {num_layers} layers allow")
+        low = _solve(num_layers, round(lo, 2), window, warmup_layers, decay)
+        return cls(None, low, (lo, hi), window, warmup_layers, decay)
+
+    @property
+    def num_layers(self) -> int:
+        return (self.fixed or self.low).num_layers
+
+    def sample(self, rng: random.Random) -> Schedule:
+        if self.fixed is not None:
+            return self.fixed
+        lo, hi = self.speedup_range
+        s = round(rng.uniform(lo, hi), 2)  # rounded so the solver's cache stays small
+        return _solve(self.num_layers, s, self.window, self.warmup_layers, self.decay)
+
+    def eval_schedules(self) -> dict[str, Schedule]:
+        """Named schedules the periodic evaluation runs (both ends of a range)."""
+        if self.fixed is not None:
+            return {f"{self.fixed.speedup:.2f}x": self.fixed}
+        lo, hi = self.speedup_range
+        return {f"{s:.2f}x": _solve(self.num_layers, round(s, 2), self.window, self.warmup_layers, self.decay)
+                for s in (lo, hi)}
+
+    def saved(self) -> Schedule:
+        """The schedule a checkpoint records (``load_model`` and ``generate`` default to it)."""
+        return self.fixed if self.fixed is not None else self.low
+
+    def to_dict(self) -> dict:
+        out = {"schedule": self.saved().to_dict()}
+        if self.speedup_range is not None:
+            out["speedup_range"] = list(self.speedup_range)
+        return out
