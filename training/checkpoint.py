@@ -58,6 +58,9 @@ def save_checkpoint(model: torch.nn.Module, tokenizer_dir: Path, dst: Path, info
         (tmp / SCHEDULE_FILE).write_text(json.dumps(info, indent=2) + "\n")
         if trainer_state is not None:
             torch.save(trainer_state, tmp / TRAINER_STATE)
+        tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared
+        for f in tmp.iterdir():
+            f.chmod(0o644)
         old = None
         if dst.exists():
             old = dst.with_name(f".{dst.name}.old")
