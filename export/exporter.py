@@ -7,6 +7,7 @@ folder (and never replaces a good one).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -45,6 +46,11 @@ class ExportConfig:
     top_k: int = TOP_K
     overwrite: bool = False
     validate: bool = True
+    save_outputs: str | None = None
+    """A folder for every graph's validation inputs and ONNX Runtime outputs in polygraphy's JSON
+    format (TensorRT checks against them later: export/README.md); ``target/`` inside for both."""
+    save_layers: tuple[int, ...] | None = None
+    """Layers whose inputs/outputs --save-outputs writes (default all; embed and lm_head always)."""
 
     def __post_init__(self):
         if self.target not in (*TARGETS, "both"):
@@ -57,6 +63,10 @@ class ExportConfig:
             raise SkipDecodeError(f"--max-seq must be >= 2, got {self.max_seq}")
         if self.opset < 18:
             raise SkipDecodeError(f"--opset {self.opset}: the graphs need opset 18 or newer")
+        if self.save_outputs is not None and not self.validate:
+            raise SkipDecodeError("--save-outputs saves the validation's inputs and outputs: drop --no-validate")
+        if self.save_layers is not None and self.save_outputs is None:
+            raise SkipDecodeError("--save-layers needs --save-outputs DIR")
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -219,17 +229,40 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise SkipDecodeError(f"{out}: exists and is not a folder")
 
 
+@contextlib.contextmanager
+def outputs_dir(save: str | Path | None, overwrite: bool, inside: tuple[Path, Path] | None = None):
+    """Where --save-outputs writes: an atomic folder of its own, or, when it lies inside the
+    export folder being written (``inside`` = (out, its temporary folder)), the same place there."""
+    if save is None:
+        yield None
+        return
+    save = Path(save)
+    if inside is not None and save.resolve().is_relative_to(inside[0].resolve()):
+        if save.resolve() == inside[0].resolve():
+            raise SkipDecodeError(f"--save-outputs {save}: give a folder other than --out (a subfolder works)")
+        yield inside[1] / save.resolve().relative_to(inside[0].resolve())
+        return
+    _check_out(save, overwrite)
+    with atomic_dir(save) as tmp:
+        yield tmp
+
+
 def export_model(spec: str, out: str | Path, cfg: ExportConfig = ExportConfig(), loaded=None,
                  log=lambda s: print(s, file=sys.stderr)) -> dict:
     """Export, validate, then move into ``out``. Returns {target: {"manifest", "report"}}."""
     out = Path(out)
     _check_out(out, cfg.overwrite)
+    if cfg.save_outputs is not None and not Path(cfg.save_outputs).resolve().is_relative_to(out.resolve()):
+        _check_out(Path(cfg.save_outputs), cfg.overwrite)  # fail before the minutes of exporting
     if loaded is None:
         from skipdecode.models import load_model
 
         loaded = load_model(spec, "cpu", torch.float32)
     reference = loaded.model
     max_seq = resolve_max_seq(cfg, reference.config)
+    L = reference.config.num_layers
+    if cfg.save_layers and not all(0 <= i < L for i in cfg.save_layers):
+        raise SkipDecodeError(f"--save-layers {','.join(map(str, cfg.save_layers))}: the model has layers 0..{L - 1}")
     if cfg.dtype == "float16":
         import copy
 
@@ -245,7 +278,7 @@ def export_model(spec: str, out: str | Path, cfg: ExportConfig = ExportConfig(),
     shared["seconds"] = time.perf_counter() - t0
     shared["source"] = spec if spec in EMBEDDED else str(Path(loaded.path).resolve())
     results = {}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp, outputs_dir(cfg.save_outputs, cfg.overwrite, (out, tmp)) as save_tmp:
         for target in cfg.targets:
             folder = tmp if len(cfg.targets) == 1 else tmp / target
             manifest = write_target(model, loaded, folder, target, cfg, max_seq, shared, log)
@@ -253,7 +286,11 @@ def export_model(spec: str, out: str | Path, cfg: ExportConfig = ExportConfig(),
             if cfg.validate:
                 from skipdecode.export.validate import verify_export
 
-                report = verify_export(folder, reference, log=log)
+                save = None if save_tmp is None else save_tmp if len(cfg.targets) == 1 else save_tmp / target
+                report = verify_export(folder, reference, log=log, save_outputs=save, save_layers=cfg.save_layers)
+                if save is not None:
+                    base = Path(cfg.save_outputs)
+                    report["reference_outputs"]["folder"] = str(base if len(cfg.targets) == 1 else base / target)
                 (folder / "validation.json").write_text(json.dumps(report, indent=2))
             results[target] = {"manifest": manifest, "report": report, "folder": str(out if folder == tmp else out / target)}
     return results

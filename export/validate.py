@@ -8,7 +8,8 @@
 3. end to end: the ORT backend (runtime/onnxruntime_backend.py) chaining the graphs against
    the TorchBackend, teacher-forced on the reference's greedy tokens, batched rows of different
    lengths, under a skip schedule: logits of the prefill and every decode step.
-Fails with SkipDecodeError naming the worst graph.
+Fails with SkipDecodeError naming the worst graph. With ``save_outputs`` the inputs of step 2 and
+ORT's outputs for them are saved in polygraphy's format (export/polygraphy_outputs.py).
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ def _torch_layer_rows(model, l: int, x: torch.Tensor, lens, extra: torch.Tensor,
     return outs
 
 
-def _ort_layer(sess, kind: str, x: np.ndarray, lens, extra: np.ndarray, manifest, T: int):
-    """The same prefill + decode through one layer graph with the runtime's conventions."""
+def _ort_layer(sess, kind: str, x: np.ndarray, lens, extra: np.ndarray, manifest, T: int, feeds=None):
+    """The same prefill + decode through one layer graph with the runtime's conventions; each
+    feed is appended (copied) to ``feeds`` when given (polygraphy reference outputs)."""
     B, S, _ = x.shape
     dt = _np_dtype(manifest)
     shape = (B, manifest["num_kv_heads"], T, manifest["head_dim"])
@@ -92,11 +94,15 @@ def _ort_layer(sess, kind: str, x: np.ndarray, lens, extra: np.ndarray, manifest
             feed = {"hidden": h.astype(dt), "past_key": k, "past_value": v,
                     "seqlens_k": (new_len - 1).astype(np.int32),
                     "total_sequence_length": np.array(S if step == 0 else new_len.max(), np.int32)}
+            if feeds is not None:
+                feeds.append({n: a.copy() for n, a in feed.items()})
             out, k, v = sess.run(None, feed)
         else:
             pos = start[:, None] + np.arange(S_)[None]
             feed = {"hidden": h.astype(dt), "past_key": k, "past_value": v,
                     "write_index": start.astype(np.int32), "positions": pos.astype(np.int64)}
+            if feeds is not None:
+                feeds.append({n: a.copy() for n, a in feed.items()})
             out, nk, nv = sess.run(None, feed)
             for b in range(B):
                 k[b, :, start[b]:start[b] + S_] = nk[b]
@@ -105,9 +111,9 @@ def _ort_layer(sess, kind: str, x: np.ndarray, lens, extra: np.ndarray, manifest
     return results[0], results[1], k, v
 
 
-def check_layer(sess, kind, model, l: int, x: torch.Tensor, lens, extra: torch.Tensor, manifest, T, worst):
+def check_layer(sess, kind, model, l: int, x: torch.Tensor, lens, extra: torch.Tensor, manifest, T, worst, feeds=None):
     ref = _torch_layer_rows(model, l, x, lens, extra, T)
-    pre, dec, k, v = _ort_layer(sess, kind, x.numpy(), lens, extra.numpy(), manifest, T)
+    pre, dec, k, v = _ort_layer(sess, kind, x.numpy(), lens, extra.numpy(), manifest, T, feeds)
     for b, n in enumerate(lens):
         r_pre, r_dec, r_k, r_v = ref[b]
         worst["hidden"].add(pre[b, :n], r_pre[:n])
@@ -121,7 +127,8 @@ def _real_ids(tokenizer, vocab: int) -> list[int]:
     return ids if len(ids) >= 4 else list(range(3, 3 + 12))
 
 
-def compare_graphs(folder: Path, manifest: dict, model, tokenizer, so, log) -> dict:
+def compare_graphs(folder: Path, manifest: dict, model, tokenizer, so, log, record=None) -> dict:
+    """Per-graph errors; ``record(name, feeds)``, when given, gets every graph's ORT feeds."""
     rng = np.random.default_rng(0)
     c = model.config
     T = manifest["max_seq"]
@@ -135,11 +142,14 @@ def compare_graphs(folder: Path, manifest: dict, model, tokenizer, so, log) -> d
     emb, w = load(g["embed"]), _Worst()
     ids = rng.integers(0, V, (2, 7))
     pos = np.stack([np.arange(7), np.maximum(np.arange(7) - 2, 0)])
-    for i, p in [(ids, pos), (np.array([real]), np.arange(len(real))[None])]:
-        (out,) = emb.run(None, {"input_ids": i, "positions": p})
+    feeds = [{"input_ids": i, "positions": p} for i, p in [(ids, pos), (np.array([real]), np.arange(len(real))[None])]]
+    for f in feeds:
+        (out,) = emb.run(None, f)
         with torch.no_grad():
-            w.add(out, model.embed(_t(i), _t(p)).float().numpy())
+            w.add(out, model.embed(_t(f["input_ids"]), _t(f["positions"])).float().numpy())
     report["embed"] = w.record()
+    if record is not None:
+        record("embed", feeds)
     # layers: random hidden and the real prompt's hidden at each layer's input
     with torch.no_grad():
         real_h = model.embed(torch.tensor([real]), torch.arange(len(real))[None])  # (1, P, hidden)
@@ -148,12 +158,15 @@ def compare_graphs(folder: Path, manifest: dict, model, tokenizer, so, log) -> d
     for l, e in enumerate(tqdm(g["layers"], desc="validate layers", file=sys.stderr, leave=False)):
         sess = load(e)
         worst = {"hidden": _Worst(), "kv": _Worst()}
+        feeds = [] if record is not None else None
         x = torch.from_numpy(rng.standard_normal((2, S, Hd)).astype(np.float32))
         extra = torch.from_numpy(rng.standard_normal((2, 1, Hd)).astype(np.float32))
-        check_layer(sess, manifest["layer_kind"], model, l, x, lens, extra, manifest, T_test, worst)
+        check_layer(sess, manifest["layer_kind"], model, l, x, lens, extra, manifest, T_test, worst, feeds)
         P = real_h.shape[1]
         check_layer(sess, manifest["layer_kind"], model, l, real_h[:, :P - 1], [P - 1], real_h[:, P - 1:],
-                    manifest, T_test, worst)
+                    manifest, T_test, worst, feeds)
+        if record is not None:
+            record(f"layer_{l:03d}", feeds)
         with torch.no_grad():  # the real prompt's input to the next layer
             from skipdecode.models.attention import build_attention_mask
             cache = model.new_cache(1, P)
@@ -164,14 +177,18 @@ def compare_graphs(folder: Path, manifest: dict, model, tokenizer, so, log) -> d
     # lm_head
     head, w = load(g["lm_head"]), _Worst()
     argmax_ok = True
+    feeds = []
     for h, last in [(rng.standard_normal((2, 3, Hd)).astype(np.float32), np.array([2, 0])),
                     (real_h.numpy(), np.array([real_h.shape[1] - 1]))]:
-        logits, nxt, tv, ti = head.run(None, {"hidden": h.astype(_np_dtype(manifest)), "last_index": last})
+        feeds.append({"hidden": h.astype(_np_dtype(manifest)), "last_index": last})
+        logits, nxt, tv, ti = head.run(None, feeds[-1])
         with torch.no_grad():
             ref = model.head(_t(h)[torch.arange(len(last)), _t(last)]).float().numpy()
         w.add(logits, ref)
         argmax_ok &= bool((nxt == logits.argmax(-1)).all() and (ti[:, 0] == nxt).all())
     report["lm_head"] = {**w.record(), "argmax_matches_logits": argmax_ok}
+    if record is not None:
+        record("lm_head", feeds)
     return report
 
 
@@ -239,8 +256,13 @@ def _ort_op_counts(folder: Path, manifest: dict) -> dict:
     return out
 
 
-def verify_export(folder: str | Path, model=None, tokenizer=None, log=lambda s: print(s, file=sys.stderr)) -> dict:
-    """Validate an export folder; ``model`` defaults to the checkpoint named in the manifest."""
+def verify_export(folder: str | Path, model=None, tokenizer=None, log=lambda s: print(s, file=sys.stderr),
+                  save_outputs: str | Path | None = None, save_layers=None) -> dict:
+    """Validate an export folder; ``model`` defaults to the checkpoint named in the manifest.
+
+    ``save_outputs``: a folder to write every graph's validation inputs and ORT outputs to, in
+    polygraphy's format (export/polygraphy_outputs.py); the caller makes it atomic. ``save_layers``:
+    which layers to save there (default all)."""
     folder = Path(folder)
     manifest = load_manifest(folder, verify=True)
     t0 = time.perf_counter()
@@ -261,7 +283,11 @@ def verify_export(folder: str | Path, model=None, tokenizer=None, log=lambda s: 
                                   f"({str(err).splitlines()[0]})") from None
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    graphs = compare_graphs(folder, manifest, model, tokenizer, so, log)
+    saver = None
+    if save_outputs is not None:
+        from skipdecode.export.polygraphy_outputs import ReferenceSaver
+        saver = ReferenceSaver(folder, save_outputs, manifest, save_layers)
+    graphs = compare_graphs(folder, manifest, model, tokenizer, so, log, saver)
     e2e = end_to_end(folder, model, tokenizer)
     tol = TOLERANCE[manifest["dtype"]]
     rel = {name: max(v["max_rel"] for v in r.values()) if "hidden" in r else r["max_rel"] for name, r in graphs.items()}
@@ -269,6 +295,10 @@ def verify_export(folder: str | Path, model=None, tokenizer=None, log=lambda s: 
     report = {"tolerance_rel": tol, "graphs": graphs, "worst_graph": worst, "worst_graph_rel": rel[worst],
               "end_to_end": e2e, "optimization": _ort_op_counts(folder, manifest),
               "seconds": round(time.perf_counter() - t0, 2)}
+    if saver is not None:
+        index = saver.finish()
+        report["reference_outputs"] = {"runner": index["runner"], "graphs": len(index["graphs"]),
+                                       "bytes": sum(e["bytes"] for e in index["graphs"].values())}
     log(f"validation: worst graph {worst} rel {rel[worst]:.2e}; end to end logits max abs {e2e['max_abs']:.2e} "
         f"rel {e2e['max_rel']:.2e} ({e2e['greedy_steps_agreeing']}/{e2e['steps']} greedy steps agree)")
     if rel[worst] > tol or not np.isfinite(rel[worst]):

@@ -17,10 +17,25 @@ def add_arguments(p):
     p.add_argument("--max-seq", type=int, default=None,
                    help="T_max, KV buffer length (default min(2048, the model's positions))")
     p.add_argument("--opset", type=int, default=18)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (or --save-outputs) folder")
     p.add_argument("--no-validate", action="store_true", help="skip the validation (not recommended)")
     p.add_argument("--verify-only", metavar="DIR", help="validate an existing export instead of exporting")
     p.add_argument("--report", help="write the validation report (JSON) here")
+    p.add_argument("--save-outputs", metavar="DIR",
+                   help="also save every graph's validation inputs and ONNX Runtime outputs in polygraphy's JSON "
+                        "format, with DIR/compare.sh to check TensorRT against them (export/README.md)")
+    p.add_argument("--save-layers", type=_layer_list, metavar="I,J,...",
+                   help="with --save-outputs: only these layers (default all; the tensorrt target's static KV "
+                        "buffers make ~25 MB per SmolLM2 layer at T_max 2048)")
+
+
+def _layer_list(text: str) -> tuple[int, ...]:
+    import argparse
+
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected layer indices like 0,15,29") from None
 
 
 def _summary(folder, manifest, report) -> str:
@@ -43,6 +58,10 @@ def _summary(folder, manifest, report) -> str:
                      f"{e['greedy_steps_agreeing']}/{e['steps']} greedy steps agree")
         for name, o in report["optimization"].items():
             lines.append(f"  ops {name}: {o['file_ops']} in the file -> {o['ort_optimized_ops']} after ORT's optimiser")
+        if "reference_outputs" in report:
+            r = report["reference_outputs"]
+            lines.append(f"  polygraphy inputs/outputs of {r['graphs']} graphs ({r['bytes'] / 1e6:.1f} MB) "
+                         f"in {r['folder']}; compare TensorRT with: bash {r['folder']}/compare.sh {folder}")
     return "\n".join(lines)
 
 
@@ -57,7 +76,14 @@ def run(args) -> int:
         if args.model:
             from skipdecode.models import load_model
             model = load_model(args.model).model
-        report = verify_export(args.verify_only, model)
+        from skipdecode.export.exporter import outputs_dir
+
+        with outputs_dir(args.save_outputs, args.overwrite) as save:
+            if args.save_layers is not None and save is None:
+                raise SkipDecodeError("--save-layers needs --save-outputs DIR")
+            report = verify_export(args.verify_only, model, save_outputs=save, save_layers=args.save_layers)
+        if args.save_outputs:
+            report["reference_outputs"]["folder"] = args.save_outputs
         print(_summary(args.verify_only, load_manifest(args.verify_only), report))
         if args.report:
             from skipdecode.io import atomic_write_text
@@ -70,7 +96,8 @@ def run(args) -> int:
     from skipdecode.export.exporter import ExportConfig, export_model
 
     cfg = ExportConfig(args.target, args.dtype, args.max_batch, args.max_seq, args.opset,
-                       overwrite=args.overwrite, validate=not args.no_validate)
+                       overwrite=args.overwrite, validate=not args.no_validate, save_outputs=args.save_outputs,
+                       save_layers=args.save_layers)
     t0 = time.perf_counter()
     results = export_model(args.model, args.out, cfg)
     for target, r in results.items():
