@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from skipdecode.errors import SkipDecodeError
+from skipdecode.io import atomic_dir
 from skipdecode.models.loading import SCHEDULE_FILE, copy_tokenizer
 
 TRAINER_STATE = "trainer_state.pt"
@@ -45,9 +45,7 @@ def save_checkpoint(model: torch.nn.Module, tokenizer_dir: Path, dst: Path, info
     from safetensors.torch import save_file
 
     dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
-    try:
+    with atomic_dir(dst) as tmp:
         config = dict(model.config.hf)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         save_file(state_dict_for_save(model), tmp / "model.safetensors", metadata={"format": "pt"})
@@ -58,19 +56,6 @@ def save_checkpoint(model: torch.nn.Module, tokenizer_dir: Path, dst: Path, info
         (tmp / SCHEDULE_FILE).write_text(json.dumps(info, indent=2) + "\n")
         if trainer_state is not None:
             torch.save(trainer_state, tmp / TRAINER_STATE)
-        tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared
-        for f in tmp.iterdir():
-            f.chmod(0o644)
-        old = None
-        if dst.exists():
-            old = dst.with_name(f".{dst.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            dst.rename(old)
-        tmp.rename(dst)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dst
 
 
