@@ -12,7 +12,7 @@ from skipdecode.errors import SkipDecodeError
 
 # subcommand -> (module under skipdecode.cli, one-line help)
 COMMANDS = {
-    "demo": ("demo", "the main job on the embedded default model: full vs skip schedule side by side"),
+    "demo": ("demo", "the main job: fine-tune SmolLM2 under a skip schedule, export, serve on ONNX Runtime, score"),
     "generate": ("generate", "generate with the PyTorch reference under a skip schedule"),
     "train": ("train", "fine-tune a model under a skip schedule (E2E CSV or JSONL data)"),
     "bench": ("bench", "decode tokens/s per backend, batch size and speedup vs ideal and baselines"),

@@ -1,0 +1,148 @@
+"""The main job, end to end on the embedded default model (`skipdecode demo`):
+
+1. a short skip-aware fine-tune of SmolLM2 on E2E (the dev files, never the test set);
+2. the per-layer ONNX export, validated against PyTorch;
+3. generation through the ONNX Runtime backend at full depth and under the trained schedule,
+   on a sample of the E2E test set, scored (BLEU, ROUGE-L) and timed.
+
+Each stage's output lives in ``out``; a stage whose output is already there is skipped, and an
+interrupted fine-tune resumes, so re-running the demo continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    model: str = "smollm2-135m"
+    data: str | None = None
+    """Folder with devset.csv (+ clean-devel.csv) and testset_w_refs.csv; default ../shared/data/e2e."""
+    out: Path = Path("out/demo")
+    steps: int = 60
+    """Fine-tuning steps (batch 16); ~7 s each on a 2-core CPU."""
+    speedup: float = 3.0
+    window: int = 32
+    test_inputs: int = 32
+    """Test MRs generated and scored (of 630)."""
+    batch_size: int = 32
+    max_new_tokens: int = 64
+    show: int = 4
+    """Outputs printed side by side."""
+    lr: float = 2e-4
+
+
+@dataclass
+class StageTimes:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def run(self, name: str, fn):
+        print(f"\n== {name}", file=sys.stderr)
+        t0 = time.perf_counter()
+        result = fn()
+        self.seconds[name] = time.perf_counter() - t0
+        print(f"== {name}: {self.seconds[name]:.0f} s", file=sys.stderr)
+        return result
+
+
+def fine_tune(cfg: DemoConfig, data: Path) -> Path:
+    from skipdecode.training.checkpoint import FINAL
+    from skipdecode.training.config import TrainConfig
+    from skipdecode.training.data import load_examples, split_heldout
+    from skipdecode.training.schedules import ScheduleSampler
+    from skipdecode.training.trainer import Trainer
+    from skipdecode.datasets import train_files
+    from skipdecode.schedule import Schedule
+
+    out = cfg.out / "train"
+    if (out / FINAL / "model.safetensors").exists():
+        print(f"fine-tuned model already in {out / FINAL}", file=sys.stderr)
+        return out / FINAL
+    train, held = split_heldout(load_examples(train_files(data)), 0.02, seed=0)
+    tc = TrainConfig(out=out, max_steps=cfg.steps, batch_size=16, lr=cfg.lr, warmup_steps=max(1, cfg.steps // 10),
+                     save_every=20, keep_checkpoints=1, eval_every=0)
+
+    def sampler(num_layers, trained):
+        return ScheduleSampler(fixed=Schedule.for_speedup(num_layers, cfg.speedup, cfg.window), window=cfg.window)
+
+    resume = any(out.glob("checkpoint-*"))
+    trainer = Trainer(tc, cfg.model, train, held, sampler, resume=resume, extra_info={"base_model": cfg.model})
+    return trainer.run().checkpoint
+
+
+def export(cfg: DemoConfig, checkpoint: Path) -> Path:
+    from skipdecode.export import ExportConfig, export_model
+    from skipdecode.runtime.manifest import MANIFEST
+
+    out = cfg.out / "export"
+    if (out / MANIFEST).exists():
+        print(f"export already in {out}", file=sys.stderr)
+        return out
+    from skipdecode.models.loading import read_config, resolve
+
+    positions = read_config(resolve(str(checkpoint))).max_position_embeddings
+    export_model(str(checkpoint), out, ExportConfig(max_seq=min(256, positions), max_batch=cfg.batch_size),
+                 log=lambda s: None)
+    return out
+
+
+def serve_and_score(cfg: DemoConfig, export_dir: Path, data: Path) -> dict:
+    from skipdecode.datasets import E2E_TEST
+    from skipdecode.evaluation.data import load_examples
+    from skipdecode.evaluation.metrics import score
+    from skipdecode.runtime.api import Runtime
+    from skipdecode.schedule import Schedule
+
+    examples = load_examples(data / E2E_TEST, "e2e", limit=cfg.test_inputs)
+    rt = Runtime.load(export_dir)
+    schedules = {"full": Schedule.full(rt.num_layers), "skip": rt.trained_schedule}
+    prompts = [e.prompt for e in examples]
+    rt.generate(prompts[: cfg.batch_size], schedules["skip"], max_new_tokens=8, batch_size=cfg.batch_size)  # warm-up
+    results = {}
+    for name, schedule in schedules.items():
+        t0 = time.perf_counter()
+        rows = rt.generate(prompts, schedule, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+        wall = time.perf_counter() - t0
+        tokens = sum(r.tokens for r in rows)
+        layers = sum(r.mean_layers * r.tokens for r in rows) / max(tokens, 1)
+        s = score([r.text.strip() for r in rows], [e.references for e in examples])
+        results[name] = dict(schedule=schedule, rows=rows, wall=wall, tokens=tokens, tokens_per_s=tokens / wall,
+                             mean_layers=layers, bleu=s.bleu, rouge_l=s.rouge_l)
+    results["examples"] = examples
+    return results
+
+
+def report(cfg: DemoConfig, results: dict, times: StageTimes) -> None:
+    full, skip, examples = results["full"], results["skip"], results["examples"]
+    L = full["schedule"].num_layers
+    print(f"\nSmolLM2-135M fine-tuned {cfg.steps} steps under {skip['schedule'].describe()}, served by ONNX Runtime "
+          f"(CPU, per-layer graphs), {len(examples)} E2E test MRs, batch {cfg.batch_size}, greedy\n")
+    for i in range(min(cfg.show, len(examples))):
+        print(f"MR:   {examples[i].prompt.strip()}")
+        print(f"full: {full['rows'][i].text.strip()}")
+        print(f"skip: {skip['rows'][i].text.strip()}\n")
+    print(f"{'':6}{'BLEU':>7}{'ROUGE-L':>9}{'mean layers':>13}{'tokens/s':>10}")
+    for name in ("full", "skip"):
+        r = results[name]
+        print(f"{name:6}{r['bleu']:7.1f}{r['rouge_l']:9.1f}{r['mean_layers']:8.1f}/{L:<4}{r['tokens_per_s']:10.1f}")
+    print(f"\nrealised layer speedup {L / skip['mean_layers']:.2f}x, measured speedup "
+          f"{skip['tokens_per_s'] / full['tokens_per_s']:.2f}x (tokens/s, same run)")
+    print("stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.seconds.items()))
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    from skipdecode.datasets import find_e2e
+    from skipdecode.models.loading import cache_root
+
+    data = find_e2e(cfg.data, cache_root() / "e2e")
+    times = StageTimes()
+    checkpoint = times.run(f"1/3 fine-tune {cfg.model} at {cfg.speedup:g}x for {cfg.steps} steps on {data}",
+                           lambda: fine_tune(cfg, data))
+    export_dir = times.run("2/3 export per-layer ONNX graphs", lambda: export(cfg, checkpoint))
+    results = times.run("3/3 generate on ONNX Runtime and score", lambda: serve_and_score(cfg, export_dir, data))
+    report(cfg, results, times)
+    return results
