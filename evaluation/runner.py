@@ -9,12 +9,12 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
-from typing import Sequence
+from dataclasses import dataclass
 
 from skipdecode.evaluation.data import Example
 from skipdecode.evaluation.metrics import Scores, score
-from skipdecode.runtime.generate import GenerationConfig, RowResult, generate_ids
+from skipdecode.runtime.api import Runtime
+from skipdecode.runtime.generate import GenerationConfig, RowResult
 from skipdecode.schedule import Schedule
 
 
@@ -50,36 +50,24 @@ class EvalResult:
         return dict(Counter(r.finish_reason for r in self.rows))
 
 
-def _cut(text: str, stop: Sequence[str]) -> str:
-    for s in stop:
-        if s in text:
-            text = text[: text.index(s)]
-    return text
-
-
 def generate_outputs(backend, tokenizer, prompts: list[str], schedule: Schedule, config: GenerationConfig,
                      batch_size: int, show_progress: bool = True, warmup: bool = True
                      ) -> tuple[list[RowResult], float]:
-    """Tokenize, generate (greedy or as configured), decode; returns rows and generation seconds
-    (after a short untimed warm-up batch)."""
+    """Generate through ``Runtime``; returns rows (text stripped) and generation seconds, after
+    a short untimed warm-up batch."""
     from tqdm import tqdm
 
-    ids = [tokenizer.encode(p) for p in prompts]
-    stop_check = None
-    if config.stop:
-        def stop_check(i, toks):
-            return any(s in tokenizer.decode(toks) for s in config.stop)
+    rt = Runtime(backend, tokenizer)
+    kw = dict(sampling=config.sampling, stop=config.stop, ignore_eos=config.ignore_eos)
     if warmup:  # first calls allocate and compile kernels; keep that out of the timed run
-        generate_ids(backend, ids[:batch_size], schedule, replace(config, max_new_tokens=2), tokenizer.eos_ids,
-                     tokenizer.pad_id, batch_size)
+        rt.generate(prompts[:batch_size], schedule, max_new_tokens=2, batch_size=batch_size, **kw)
     with tqdm(total=len(prompts), desc="eval", unit="input", disable=not show_progress, file=sys.stderr) as bar:
         t0 = time.perf_counter()
-        rows = generate_ids(backend, ids, schedule, config, tokenizer.eos_ids, tokenizer.pad_id, batch_size,
-                            stop_check, bar.update)
+        rows = rt.generate(prompts, schedule, max_new_tokens=config.max_new_tokens, batch_size=batch_size,
+                           progress=bar.update, **kw)
         wall = time.perf_counter() - t0
-    for prompt, row in zip(prompts, rows):
-        row.prompt = prompt
-        row.text = _cut(tokenizer.decode(row.token_ids), config.stop).strip()
+    for row in rows:
+        row.text = row.text.strip()
     return rows, wall
 
 
