@@ -71,6 +71,10 @@ class OnnxRuntimeBackend:
         self.capacity = 0
         self.layer_calls: list[tuple[int, tuple[int, ...]]] = []
         """(slot, layers) of every forward, for tests that count layer calls."""
+        self.capture = None
+        """Optional ``capture(graph, feeds)``, called before each graph runs with the arrays bound
+        as its inputs (graph: "embed", a layer index, or "lm_head"); the arrays are the live
+        buffers, so copy what you keep. Calibration (skipdecode.calibration) records with it."""
 
     # ---- buffers ------------------------------------------------------------------------------
     def _ov(self, a: np.ndarray) -> ort.OrtValue:
@@ -181,17 +185,30 @@ class OnnxRuntimeBackend:
             raise SkipDecodeError(f"KV buffer overflow: {int(new_len.max())} positions, {self.capacity} allocated")
         self.seqlens[:] = new_len - 1
         self.total[...] = new_len.max() if slot else S  # GQA: S == total marks the first prompt
+        if self.capture is not None:
+            self.capture("embed", {"input_ids": st["ids"], "positions": st["pos"]})
         self.embed.run_with_iobinding(st["embed"])
         p = 0
         for l in layers:
+            if self.capture is not None:
+                self.capture(l, self._layer_feeds(l, st, p))
             self.layers[l].run_with_iobinding(st["layers"][l][p])
             if self.kind == "standard":
                 self._scatter(l, st, S)
             p = 1 - p
             self.layer_len[l] = slot + S
+        if self.capture is not None:
+            self.capture("lm_head", {"hidden": st["hid"][p], "last_index": st["last"]})
         self.head.run_with_iobinding(st["head"][p])
         self.lengths = new_len
         return self.out["logits"].copy()  # (B, V)
+
+    def _layer_feeds(self, l: int, st: dict, p: int) -> dict[str, np.ndarray]:
+        """The arrays bound as layer l's inputs (hidden in buffer p), by input name."""
+        feeds = {"hidden": st["hid"][p], "past_key": self.k[l], "past_value": self.v[l]}
+        if self.kind == "gqa":
+            return {**feeds, "seqlens_k": self.seqlens, "total_sequence_length": self.total}
+        return {**feeds, "write_index": self.write_index, "positions": st["pos"]}
 
     def _prefill_inputs(self, input_ids, positions, key_mask) -> dict:
         """Re-align the left-padded prompt so row b's tokens sit at [0, n_b) (right-padded)."""

@@ -20,6 +20,7 @@ COMMANDS = {
     "compare": ("compare", "compare eval reports: a table and a quality-vs-speedup plot"),
     "run": ("run", "serve an export with ONNX Runtime or TensorRT (no torch needed)"),
     "build-engines": ("build_engines", "build TensorRT engines from a --target tensorrt export"),
+    "calibrate": ("calibrate", "quantize an export (int8 dynamic/static, int4) calibrated under the skip schedule"),
     "export": ("export", "export per-layer ONNX graphs (embed, layers, lm_head) with a validated manifest"),
 }
 

@@ -1,0 +1,279 @@
+"""`skipdecode calibrate`: an fp32 export in, a complete quantized export out.
+
+The output folder is an export like any other (graphs with the same names and I/O, manifest with
+new SHA-256s, tokenizer files), so `skipdecode run`, `bench --export` and `eval --export` take it
+unchanged. The manifest's ``quantization`` entry records the method, the calibration data
+(samples, seed, schedule, the shards' export hash) and what was done to each graph, and why.
+
+Precision choices, per graph:
+
+- layers: the method (``calibration/graphs.py``: projections only; attention and KV stay float).
+- lm_head: fp32 by default. It is the one place a rounding error changes the emitted token
+  directly, and SkipDecode feeds it hidden states from varying depths; ``head="quantized"``
+  applies the method to it too (at batch 1 it is the largest single weight read per token:
+  hidden x vocab, as large as all SmolLM2 layers together).
+- embed: fp32 by default. A Gather reads B rows per step, so quantizing it saves file size, not
+  time; ``embed="quantized"`` stores the table in int8/int4 anyway (weight-only).
+
+TensorRT target: explicit Q/DQ graphs from ONNX Runtime's ``quantize_static`` (QDQ, symmetric
+int8, standard ops only) on the standard-op layers. NVIDIA ModelOpt's ONNX PTQ would be the
+other route, but its ``[onnx]`` extra pins onnx~=1.21 and brings onnxruntime-gpu, which would
+replace this environment's onnx 1.23 / onnxruntime 1.32 CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from skipdecode.errors import SkipDecodeError
+from skipdecode.io import atomic_dir
+from skipdecode.runtime.manifest import MANIFEST, graph_entries, load_manifest, sha256_file
+from skipdecode.schedule import Schedule
+
+METHODS = ("int8-dynamic", "int8-static", "int4-weight")
+TARGETS = ("onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "quantized")
+SCHEDULE_FILE = "skipdecode.json"  # models.loading.SCHEDULE_FILE (not imported: no torch here)
+
+FP32_HEAD = ("kept fp32: the head's rounding errors change the emitted token directly "
+             "(--head quantized to quantize it)")
+FP32_EMBED = "kept fp32: a Gather reads B rows per step, quantizing it saves file size only (--embed quantized)"
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    method: str
+    """int8-dynamic, int8-static (QDQ, calibrated on the shards) or int4-weight (MatMulNBits)."""
+    target: str | None = None
+    """onnxruntime or tensorrt; default the export's own. tensorrt takes int8-static only."""
+    per_channel: bool = False
+    """int8 weights with one scale per output channel (int4 is always per block)."""
+    head: str = "fp32"
+    embed: str = "fp32"
+    block_size: int = 32
+    """int4-weight: inputs per scale."""
+    accuracy_level: int = 4
+    """int4-weight: MatMulNBits compute type (4: int8 activations, the fast CPU kernels; 0: fp32)."""
+    outlier_ratio: float = 2.0
+    """int8-static: a MatMul whose static input scale costs more than this many times the per-call
+    rounding error (calibration/outliers.py) is quantized per call (onnxruntime) or kept float
+    (tensorrt) instead; inf keeps every MatMul static."""
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise SkipDecodeError(f"unknown method {self.method!r} (choose from {', '.join(METHODS)})")
+        if self.target is not None and self.target not in TARGETS:
+            raise SkipDecodeError(f"unknown target {self.target!r} (onnxruntime or tensorrt)")
+        for name in ("head", "embed"):
+            if getattr(self, name) not in PRECISIONS:
+                raise SkipDecodeError(f"--{name} must be fp32 or quantized, got {getattr(self, name)!r}")
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise SkipDecodeError(f"block size must be a power of two >= 16, got {self.block_size}")
+        if not self.outlier_ratio >= 1:
+            raise SkipDecodeError(f"outlier ratio must be >= 1 (inf: never fall back), got {self.outlier_ratio}")
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise SkipDecodeError(f"accuracy level must be 0-4, got {self.accuracy_level}")
+
+    @property
+    def needs_data(self) -> bool:
+        return self.method == "int8-static"
+
+
+def same_schedule(a: Schedule, b: Schedule) -> bool:
+    """Equal as decoding sees them: the same layers at every step."""
+    if a.num_layers != b.num_layers:
+        return False
+    steps = max(a.window, b.window) + 1
+    return all(a.layers_for_step(t) == b.layers_for_step(t) for t in range(steps))
+
+
+def export_schedule(manifest: dict) -> Schedule:
+    """The schedule the export deploys by default: its own (fine-tuned under), else full depth."""
+    raw = manifest.get("schedule")
+    return Schedule.from_dict(raw) if raw else Schedule.full(manifest["num_layers"])
+
+
+def schedule_warning(manifest: dict, shards) -> str | None:
+    """A line to warn with when the shards were drawn under another schedule than the export's."""
+    own = export_schedule(manifest)
+    if shards is None or same_schedule(shards.schedule, own):
+        return None
+    return (f"calibration data drawn under {shards.schedule.describe()}, but the export deploys "
+            f"{own.describe()}: activation ranges will not match what the layers see at run time")
+
+
+def check_inputs(manifest: dict, config: QuantConfig, source: Path, has_data: bool) -> str:
+    """One-line errors before any work (and before calibration data is captured); returns the target."""
+    target = config.target or manifest["target"]
+    if manifest.get("quantization"):
+        raise SkipDecodeError(f"{source}: already quantized ({manifest['quantization']['method']}); "
+                              "calibrate the fp32 export")
+    if manifest["dtype"] != "float32":
+        raise SkipDecodeError(f"{source}: a {manifest['dtype']} export; quantization starts from a float32 export")
+    if target != manifest["target"]:
+        raise SkipDecodeError(f"--target {target}: {source} is a {manifest['target']} export "
+                              f"(run `skipdecode export --target {target}` first)")
+    if target == "tensorrt" and config.method != "int8-static":
+        raise SkipDecodeError(f"--target tensorrt takes int8-static (explicit Q/DQ graphs), not {config.method}")
+    if config.needs_data and not has_data:
+        raise SkipDecodeError(f"{config.method} needs calibration data: --data (a training file of task prompts "
+                              "or a calibration folder)")
+    return target
+
+
+def check_shards(shards, source: Path) -> None:
+    """Shards must come from this very export: activations belong to its weights."""
+    from skipdecode.calibration.capture import export_hash
+
+    if shards.index["export"]["manifest_sha256"] != export_hash(source):
+        raise SkipDecodeError(f"{shards.folder}: captured from another export ({shards.index['export']['path']}); "
+                              f"capture from {source}")
+
+
+def _graph_entry(folder: Path, name: str, model) -> dict:
+    from skipdecode.calibration.graphs import op_counts
+
+    def spec(values):
+        import onnx
+
+        return [{"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                 "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
+
+    return {"file": name, "sha256": {name: sha256_file(folder / name)}, "bytes": (folder / name).stat().st_size,
+            "ops": len(model.graph.node), "inputs": spec(model.graph.input), "outputs": spec(model.graph.output),
+            "op_types": op_counts(model)}
+
+
+def _quantize_graph(src: Path, dst: Path, role: str, key, config: QuantConfig, target: str, shards) -> str:
+    """Write the quantized graph to ``dst``; returns what was done, for the manifest."""
+    from skipdecode.calibration import graphs
+
+    m = config.method
+    if role == "embed":  # weight-only whatever the method: there is no activation to quantize
+        if m == "int4-weight":
+            graphs.int4_gather(src, dst, config.block_size)
+            return f"int4 weight-only table (GatherBlockQuantized, block {config.block_size})"
+        graphs.int8_gather(src, dst)
+        return "int8 weight-only table (per-tensor scale)"
+    if m == "int8-dynamic":
+        graphs.int8_dynamic(src, dst, config.per_channel)
+        return f"int8 dynamic: MatMul weights int8 {'per channel' if config.per_channel else 'per tensor'}, " \
+               "activations quantized per call (uint8)"
+    if m == "int8-static":
+        from skipdecode.calibration.outliers import fallbacks
+
+        sym, feeds = target == "tensorrt", (lambda: shards.feeds(key))
+        excluded = fallbacks(src, feeds, sym, config.outlier_ratio) if config.outlier_ratio != float("inf") else {}
+        graphs.int8_static(src, dst, feeds, config.per_channel, sym, excluded, dynamic_fallback=not sym)
+        done = (f"int8 static QDQ: MatMul weights int8 {'per channel' if config.per_channel else 'per tensor'}, "
+                f"activations {'int8 symmetric' if sym else 'uint8'} from {shards.calls(key)} recorded calls (MinMax)")
+        if excluded:
+            instead = "kept fp32" if sym else "int8 dynamic"
+            done += (f"; {instead} where one static scale costs > {config.outlier_ratio:g}x the per-call rounding "
+                     f"error: {'; '.join(excluded.values())}")
+        return done
+    graphs.int4_weight(src, dst, config.block_size, config.accuracy_level)
+    return f"int4 weight-only MatMulNBits, symmetric, block {config.block_size}, accuracy level {config.accuracy_level}"
+
+
+def quantize_export(export_dir: str | Path, out: str | Path, config: QuantConfig, shards=None,
+                    overwrite: bool = False, check_prompts: list[list[int]] | None = None,
+                    check_tokens: int = 16, threads: int | None = None, log=None, data: str | None = None) -> dict:
+    """Quantize every graph of ``export_dir`` into ``out`` (atomically); returns the new manifest.
+
+    ``check_prompts``: token-id prompts for the agreement check against the fp32 export
+    (teacher-forced greedy under the export's own schedule), recorded in the manifest.
+    """
+    import onnx
+    from tqdm import tqdm
+
+    from skipdecode.calibration.graphs import check_contract, quantized_ops
+
+    log = log or (lambda s: print(s, file=sys.stderr))
+    source, out = Path(export_dir), Path(out)
+    src_m = load_manifest(source)
+    target = check_inputs(src_m, config, source, shards is not None)
+    if shards is not None:
+        check_shards(shards, source)
+    if out.exists() and not overwrite:
+        raise SkipDecodeError(f"{out}: already exists (pass --overwrite to replace it)")
+    if out.resolve() == source.resolve():
+        raise SkipDecodeError(f"{out}: is the source export; write the quantized one elsewhere")
+    warning = schedule_warning(src_m, shards)
+    if warning:
+        log(f"warning: {warning}")
+    t0 = time.perf_counter()
+    choices, entries = {}, {}
+    with atomic_dir(out) as tmp:
+        roles = graph_entries(src_m)
+        for role, entry in tqdm(roles, desc=f"quantize {config.method}", unit="graph", file=sys.stderr, leave=False):
+            name = entry["file"]
+            kind = role.split()[0]
+            key = int(role.split()[1]) if kind == "layer" else kind
+            if (kind == "lm_head" and config.head == "fp32") or (kind == "embed" and config.embed == "fp32"):
+                for f in entry["sha256"]:
+                    shutil.copy2(source / f, tmp / f)
+                done = FP32_HEAD if kind == "lm_head" else FP32_EMBED
+                new = {**copy.deepcopy(entry), "precision": done}
+            else:
+                if len(entry["sha256"]) > 1:
+                    raise SkipDecodeError(f"{source / name}: graphs with external data are not supported here")
+                done = _quantize_graph(source / name, tmp / name, kind, key, config, target, shards)
+                qm = onnx.load(tmp / name)
+                counts = check_contract(onnx.load(source / name), qm, role)
+                new = {**_graph_entry(tmp, name, qm), "precision": f"{done} [{', '.join(quantized_ops(counts))}]"}
+            entries[role] = new
+            choices[role] = new["precision"]
+        for f in [*src_m.get("tokenizer_files", []), SCHEDULE_FILE]:
+            if (source / f).is_file():
+                shutil.copy2(source / f, tmp / f)
+        manifest = copy.deepcopy(src_m)
+        manifest["graphs"] = {"embed": entries["embed"], "lm_head": entries["lm_head"],
+                              "layers": [entries[f"layer {i}"] for i in range(src_m["num_layers"])]}
+        manifest["quantization"] = _record(config, target, source, src_m, shards, choices, warning, data,
+                                           time.perf_counter() - t0)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        from skipdecode.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+        OnnxRuntimeBackend(tmp, threads=threads)  # loads (hashes, sessions) before it is moved into place
+        if check_prompts:
+            from skipdecode.calibration.check import agreement
+
+            schedule = export_schedule(src_m)  # what `skipdecode run` deploys by default
+            log(f"checking against {source} on {len(check_prompts)} prompts under {schedule.describe()} ...")
+            manifest["quantization"]["check"] = agreement(source, tmp, check_prompts, schedule, check_tokens, threads)
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def _record(config: QuantConfig, target: str, source: Path, src_m: dict, shards, choices: dict, warning,
+            data, seconds: float) -> dict:
+    import onnxruntime
+
+    cal = None
+    if shards is not None:
+        i = shards.index
+        cal = {"folder": str(shards.folder.resolve()), "data": i.get("data"), "samples": i["samples"],
+               "seed": i["seed"], "max_new_tokens": i["max_new_tokens"], "schedule": i["schedule"],
+               "schedule_mode": i["schedule_mode"], "schedule_text": shards.schedule.describe(),
+               "export_manifest_sha256": i["export"]["manifest_sha256"],
+               "generated_tokens": i["generated_tokens"], "prompt_tokens": i["prompt_tokens"]}
+    cfg = asdict(config)
+    if cfg["outlier_ratio"] == float("inf"):
+        cfg["outlier_ratio"] = None  # JSON has no infinity: null = never fall back
+    return {
+        "method": config.method, "target": target, "config": cfg,
+        "source": {"path": str(source.resolve()), "manifest_sha256": sha256_file(source / MANIFEST),
+                   "bytes": sum(e["bytes"] for _, e in graph_entries(src_m))},
+        "calibration": cal, "data": data,
+        "schedule_warning": warning,
+        "graphs": choices,
+        "tools": {"onnxruntime": onnxruntime.__version__, "quantizer": "onnxruntime.quantization"},
+        "seconds": round(seconds, 2),
+    }
