@@ -10,18 +10,18 @@ import sys
 from skipdecode import __version__
 from skipdecode.errors import SkipDecodeError
 
-# subcommand -> (module under skipdecode.cli, one-line help)
+# subcommand -> (module under skipdecode.cli, one-line help), in pipeline order
 COMMANDS = {
     "demo": ("demo", "the main job: fine-tune SmolLM2 under a skip schedule, export, serve on ONNX Runtime, score"),
     "generate": ("generate", "generate with the PyTorch reference under a skip schedule"),
     "train": ("train", "fine-tune a model under a skip schedule (E2E CSV or JSONL data)"),
-    "bench": ("bench", "decode tokens/s per backend, batch size and speedup vs ideal and baselines"),
-    "eval": ("eval", "score generations against references (BLEU, ROUGE-L) with the realised speedup"),
-    "compare": ("compare", "compare eval reports: a table and a quality-vs-speedup plot"),
+    "export": ("export", "export per-layer ONNX graphs (embed, layers, lm_head) with a validated manifest"),
     "run": ("run", "serve an export with ONNX Runtime or TensorRT (no torch needed)"),
     "build-engines": ("build_engines", "build TensorRT engines from a --target tensorrt export"),
     "calibrate": ("calibrate", "quantize an export (int8 dynamic/static, int4) calibrated under the skip schedule"),
-    "export": ("export", "export per-layer ONNX graphs (embed, layers, lm_head) with a validated manifest"),
+    "eval": ("eval", "score generations against references (BLEU, ROUGE-L) with the realised speedup"),
+    "compare": ("compare", "compare eval reports: a table and a quality-vs-speedup plot"),
+    "bench": ("bench", "decode tokens/s per backend, batch size and speedup vs ideal and baselines"),
 }
 
 
