@@ -90,16 +90,16 @@ class Runtime:
         texts = [p if isinstance(p, str) else None for p in prompts]
         ids = [self.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
         cfg = GenerationConfig(max_new_tokens, sampling or SamplingConfig(), tuple(stop), ignore_eos)
-        stop_check = None
-        if cfg.stop:
-            def stop_check(i, toks):
-                return any(s in self.tokenizer.decode(toks) for s in cfg.stop)
+        stop_check = self._stop_check(cfg.stop) if cfg.stop else None
         rows = generate_ids(self.backend, ids, self.schedule(schedule, speedup), cfg, self.tokenizer.eos_ids,
                             self.tokenizer.pad_id, batch_size, stop_check, progress)
         for text, row in zip(texts, rows):
             row.prompt = text
             row.text = cut_at_stop(self.tokenizer.decode(row.token_ids), cfg.stop)
         return rows
+
+    def _stop_check(self, stop: Sequence[str]):
+        return lambda i, toks: any(s in self.tokenizer.decode(toks) for s in stop)
 
     def stream(self, prompts: Sequence[str] | str, schedule: Schedule | None = None, speedup: float | None = None,
                max_new_tokens: int = 64, sampling: SamplingConfig | None = None,

@@ -26,7 +26,7 @@ import numpy as np
 import onnxruntime as ort
 
 from skipdecode.errors import SkipDecodeError
-from skipdecode.runtime.layout import check_no_recompute, realign_prompt
+from skipdecode.runtime.layout import check_no_recompute, plan_step
 from skipdecode.runtime.manifest import load_manifest
 
 KV_ROUND = 64  # KV capacity is rounded up so batches of similar length reuse the buffers
@@ -167,22 +167,11 @@ class OnnxRuntimeBackend:
         layers = tuple(layers)
         check_no_recompute(self.layer_len, layers, slot)
         self.layer_calls.append((slot, layers))
-        if slot == 0:
-            st = self._prefill_inputs(input_ids, positions, key_mask)
-        elif S == 1:
-            if not np.array_equal(positions[:, 0], self.lengths):
-                raise RuntimeError(f"positions {positions[:, 0].tolist()} differ from the rows' lengths "
-                                   f"{self.lengths.tolist()}: KV is stored at index = position")
-            st = self.decode
-            st["ids"][:] = input_ids
-            st["pos"][:] = positions
-            st["last"][:] = 0
-            self.write_index[:] = self.lengths
-        else:
-            raise SkipDecodeError("onnxruntime backend: S > 1 new tokens are supported only as the prefill (slot 0)")
-        new_len = self.lengths + (st["n"] if slot == 0 else 1)
-        if new_len.max() > self.capacity:
-            raise SkipDecodeError(f"KV buffer overflow: {int(new_len.max())} positions, {self.capacity} allocated")
+        plan = plan_step(input_ids, positions, key_mask, slot, self.lengths, self.capacity, self.name)
+        st = self._bindings(S) if plan.prefill else self.decode
+        st["ids"][:], st["pos"][:], st["last"][:] = plan.ids, plan.positions, plan.last
+        self.write_index[:] = plan.write_index
+        new_len = plan.new_lengths
         self.seqlens[:] = new_len - 1
         self.total[...] = new_len.max() if slot else S  # GQA: S == total marks the first prompt
         if self.capture is not None:
@@ -209,19 +198,6 @@ class OnnxRuntimeBackend:
         if self.kind == "gqa":
             return {**feeds, "seqlens_k": self.seqlens, "total_sequence_length": self.total}
         return {**feeds, "write_index": self.write_index, "positions": st["pos"]}
-
-    def _prefill_inputs(self, input_ids, positions, key_mask) -> dict:
-        """Re-align the left-padded prompt so row b's tokens sit at [0, n_b) (right-padded)."""
-        B, S = input_ids.shape
-        ids, n = realign_prompt(input_ids, key_mask)
-        self.lengths = np.zeros(B, np.int64)
-        self.write_index[:] = 0
-        st = self._bindings(S)
-        st["ids"][:] = ids
-        st["pos"][:] = np.arange(S)[None]
-        st["last"][:] = n - 1
-        st["n"] = n
-        return st
 
     def _scatter(self, l: int, st: dict, S: int) -> None:
         """Write the S new K/V of each row at [write_index, write_index + S) (standard graphs)."""

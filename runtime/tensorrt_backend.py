@@ -20,7 +20,7 @@ import numpy as np
 
 from skipdecode.errors import SkipDecodeError
 from skipdecode.runtime.cuda import DeviceArray, Stream, copy_2d
-from skipdecode.runtime.layout import check_no_recompute, realign_prompt
+from skipdecode.runtime.layout import check_no_recompute, plan_step
 from skipdecode.runtime.manifest import load_manifest
 from skipdecode.runtime.tensorrt_engines import (PROFILES, check_compatible, gpu_identity, import_tensorrt,
                                                  load_engine_record)
@@ -126,22 +126,12 @@ class TensorRTBackend:
         layers = tuple(layers)
         check_no_recompute(self.layer_len, layers, slot)
         self.layer_calls.append((slot, layers))
-        if slot == 0:
-            ids, n = realign_prompt(input_ids, key_mask)
-            pos = np.broadcast_to(np.arange(S), (B, S))
-            write, last, new_len, profile = np.zeros(B, np.int32), n - 1, n, PREFILL
-        elif S == 1:
-            if not np.array_equal(positions[:, 0], self.lengths):
-                raise RuntimeError("positions differ from the rows' lengths: KV is stored at index = position")
-            ids, pos, last, profile = input_ids, positions, np.zeros(B, np.int64), DECODE
-            write, new_len = self.lengths.astype(np.int32), self.lengths + 1
-        else:
-            raise SkipDecodeError("tensorrt backend: S > 1 new tokens are supported only as the prefill (slot 0)")
-        if new_len.max() > self.max_seq:
-            raise SkipDecodeError(f"KV buffer overflow: {int(new_len.max())} positions, {self.max_seq} allocated")
+        plan = plan_step(input_ids, positions, key_mask, slot, self.lengths, self.max_seq, self.name)
+        profile, write = (PREFILL if plan.prefill else DECODE), plan.write_index
         self._ensure_seq(S)
         st = self.stream
-        self.ids.upload(ids, st), self.pos.upload(pos, st), self.last.upload(last, st), self.write_index.upload(write, st)
+        self.ids.upload(plan.ids, st), self.pos.upload(plan.positions, st), self.last.upload(plan.last, st)
+        self.write_index.upload(write, st)
         hidden_shape = (B, S, self.hidden_size)
         kv_shape = (B, self.kv_heads, self.max_seq, self.head_dim)
         self.embed.run(profile, {"input_ids": (B, S), "positions": (B, S)},
@@ -160,7 +150,7 @@ class TensorRTBackend:
                       {"hidden": self.hid[p], "last_index": self.last, **self.head_out}, st)
         self.head_out["logits"].download(self.logits, st)
         st.synchronize()
-        self.lengths = new_len.astype(np.int64)
+        self.lengths = plan.new_lengths.astype(np.int64)
         return self.logits.copy()  # (B, V)
 
     def _scatter(self, l: int, write: np.ndarray, S: int) -> None:
