@@ -62,7 +62,6 @@ def _open_torch(args):
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SkipDecodeError("--device cuda: no CUDA device is available")
     loaded = load_model(args.model, args.device, getattr(torch, args.dtype))
-    torch.set_grad_enabled(False)
     return TorchBackend(loaded.model), loaded.tokenizer, loaded.schedule, _training_meta(loaded.path)
 
 
