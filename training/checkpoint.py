@@ -49,7 +49,8 @@ def save_checkpoint(model: torch.nn.Module, tokenizer_dir: Path, dst: Path, info
         config = dict(model.config.hf)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         save_file(state_dict_for_save(model), tmp / "model.safetensors", metadata={"format": "pt"})
-        copy_tokenizer(Path(tokenizer_dir), tmp)
+        if "tokenizer.json" not in copy_tokenizer(Path(tokenizer_dir), tmp):
+            raise RuntimeError(f"{tokenizer_dir}: no tokenizer.json to put beside the checkpoint")
         if not (tmp / "generation_config.json").exists():
             gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
             (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")

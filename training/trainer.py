@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import torch
 
 from skipdecode.errors import SkipDecodeError
+from skipdecode.models.loading import copy_tokenizer
 from skipdecode.io import atomic_write_text
 from skipdecode.models import load_model
 from skipdecode.training import checkpoint as ckpt
@@ -122,7 +123,11 @@ class Trainer:
 
         loaded = load_model(model_spec)
         self.tokenizer = loaded.tokenizer
-        self.tokenizer_dir = loaded.path
+        # one copy of the tokenizer in the run folder: the folder a run resumed from may be pruned
+        self.tokenizer_dir = self.out / "tokenizer"
+        if self.is_main and not (self.tokenizer_dir / "tokenizer.json").exists():
+            self.tokenizer_dir.mkdir(parents=True, exist_ok=True)
+            copy_tokenizer(loaded.path, self.tokenizer_dir)
         self.model = loaded.model.train()
         self.sampler = make_sampler(self.model.num_layers, loaded.schedule)
         self.base_model = self.extra_info.get("base_model", model_spec)

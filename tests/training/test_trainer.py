@@ -93,8 +93,13 @@ def test_resume_after_ctrl_c_matches_one_run(train_llama, tmp_path):
         Trainer(config(tmp_path / "two", **kw), str(train_llama), examples, [], sampler)
     with pytest.raises(SkipDecodeError, match="--batch-size"):
         Trainer(config(tmp_path / "two", **{**kw, "batch_size": 2}), str(train_llama), examples, [], sampler, resume=True)
-    second = Trainer(config(tmp_path / "two", **kw), str(train_llama), examples, [], sampler, resume=True).run()
+    # saving every step with one kept prunes the checkpoint the run resumed from: later
+    # checkpoints must still carry the tokenizer
+    second = Trainer(config(tmp_path / "two", **kw, save_every=1, keep_checkpoints=1), str(train_llama), examples,
+                     [], sampler, resume=True).run()
     assert second.step == 6
+    assert not (tmp_path / "two" / "checkpoint-000003").exists()
+    assert (second.checkpoint / "tokenizer.json").exists() and (tmp_path / "two/checkpoint-000005/tokenizer.json").exists()
     a, b = final_weights(one.checkpoint), final_weights(second.checkpoint)
     assert a.keys() == b.keys()
     for k in a:
