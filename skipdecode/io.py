@@ -13,6 +13,12 @@ from typing import Iterable, Iterator
 from skipdecode.errors import SkipDecodeError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def read_jsonl(path: str | Path, required: Iterable[str] = ()) -> list[dict]:
     path = Path(path)
     if not path.is_file():
@@ -43,6 +49,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -65,9 +72,7 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; give the folder the usual mode
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the usual mode
         if out.exists():  # swap in, then drop the old folder
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             out.rename(old / out.name)
