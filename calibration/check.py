@@ -12,37 +12,17 @@ from typing import Sequence
 
 import numpy as np
 
-from skipdecode.runtime.generate import left_pad
+from skipdecode.runtime.lockstep import lockstep
 from skipdecode.schedule import Schedule
 
 
 def teacher_forced(ref, quant, prompts: Sequence[Sequence[int]], schedule: Schedule, new_tokens: int) -> dict:
     """Run both backends over one batch; the reference's greedy token feeds both at every step."""
-    ids, mask = left_pad(prompts, 0)
-    B, P = ids.shape
-    for b in (ref, quant):
-        b.allocate(B, P + new_tokens)
-    key_mask = np.zeros((B, P + new_tokens), bool)
-    key_mask[:, :P] = mask
-    positions = np.maximum(mask.cumsum(-1) - 1, 0)
-    all_layers = tuple(range(ref.num_layers))
-    lr = ref.forward(ids, positions, key_mask[:, :P], 0, all_layers)  # (B, V)
-    lq = quant.forward(ids, positions, key_mask[:, :P], 0, all_layers)
     agree, diffs, scale = [], [], []
-    pos = positions[:, -1] + 1
-    for t in range(new_tokens):
-        tok = lr.argmax(-1)  # (B,)
-        agree.append(lq.argmax(-1) == tok)
+    for _, lr, lq in lockstep(ref, quant, prompts, schedule, new_tokens):
+        agree.append(lq.argmax(-1) == lr.argmax(-1))
         diffs.append(np.abs(lq - lr).max(-1))
         scale.append(np.abs(lr).max(-1))
-        if t == new_tokens - 1:
-            break
-        slot = P + t
-        key_mask[:, slot] = True
-        layers = schedule.layers_for_step(t)
-        lr = ref.forward(tok[:, None], pos[:, None], key_mask[:, :slot + 1], slot, layers)
-        lq = quant.forward(tok[:, None], pos[:, None], key_mask[:, :slot + 1], slot, layers)
-        pos = pos + 1
     agree_a, diff_a, scale_a = np.array(agree), np.array(diffs), np.array(scale)  # (N, B)
     return {"steps": int(agree_a.size), "top1_agreement": round(float(agree_a.mean()), 4),
             "first_token_agreement": round(float(agree_a[0].mean()), 4),

@@ -12,6 +12,7 @@ from pathlib import Path
 from skipdecode.errors import SkipDecodeError
 from skipdecode.evaluation.runner import EvalResult
 from skipdecode.io import atomic_write_text, write_jsonl
+from skipdecode.versions import package_versions
 
 REPORT_VERSION = 1
 REQUIRED = ("method", "backend", "bleu", "rouge_l", "layer_speedup", "target_speedup", "tokens_per_s")
@@ -31,15 +32,7 @@ def machine() -> dict:
 
 
 def _versions() -> dict:
-    from importlib import metadata
-
-    out = {}
-    for name in ("skipdecode", "sacrebleu", "rouge-score", "onnxruntime", "torch", "tensorrt"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    return package_versions(("skipdecode", "sacrebleu", "rouge-score", "onnxruntime", "torch", "tensorrt"))
 
 
 def build_report(result: EvalResult, *, method: str, backend: str, data: str, data_format: str,

@@ -195,7 +195,7 @@ def compare_graphs(folder: Path, manifest: dict, model, tokenizer, so, log, reco
 # ---- end to end -----------------------------------------------------------------------------
 def end_to_end(folder: Path, model, tokenizer, new_tokens: int = 8) -> dict:
     from skipdecode.models.backend import TorchBackend
-    from skipdecode.runtime.generate import left_pad
+    from skipdecode.runtime.lockstep import lockstep
     from skipdecode.runtime.onnxruntime_backend import OnnxRuntimeBackend
     from skipdecode.schedule import Schedule
 
@@ -205,31 +205,13 @@ def end_to_end(folder: Path, model, tokenizer, new_tokens: int = 8) -> dict:
     prompts = [real[:12], real[:7]]
     ort_b = OnnxRuntimeBackend(folder, verify=False)
     ref_b = TorchBackend(model)
-    ids, mask = left_pad(prompts, 0)
-    B, P = ids.shape
-    for b in (ort_b, ref_b):
-        b.allocate(B, P + new_tokens)
-    key_mask = np.zeros((B, P + new_tokens), bool)
-    key_mask[:, :P] = mask
-    pos = np.maximum(mask.cumsum(-1) - 1, 0)
     w = _Worst()
-    step_layers = tuple(range(L))
-    a = ort_b.forward(ids, pos, key_mask[:, :P], 0, step_layers)
-    r = ref_b.forward(ids, pos, key_mask[:, :P], 0, step_layers)
-    w.add(a, r)
-    agree = int((a.argmax(-1) == r.argmax(-1)).all())
-    nxt = pos[:, -1] + 1
-    layers_run = []
-    for t in range(new_tokens - 1):
-        tok = r.argmax(-1)[:, None].astype(np.int64)  # teacher-forced on the reference
-        key_mask[:, P + t] = True
-        layers = schedule.layers_for_step(t)
-        layers_run.append(len(layers))
-        a = ort_b.forward(tok, nxt[:, None], key_mask[:, :P + t + 1], P + t, layers)
-        r = ref_b.forward(tok, nxt[:, None], key_mask[:, :P + t + 1], P + t, layers)
+    agree, layers_run = 0, []
+    for layers, r, a in lockstep(ref_b, ort_b, prompts, schedule, new_tokens):
         w.add(a, r)
         agree += int((a.argmax(-1) == r.argmax(-1)).all())
-        nxt = nxt + 1
+        layers_run.append(len(layers))
+    layers_run = layers_run[1:]  # the decode steps (the prefill runs every layer)
     return {**w.record(), "steps": new_tokens, "greedy_steps_agreeing": agree, "schedule": schedule.describe(),
             "layers_per_step": layers_run, "prompt_lengths": [len(p) for p in prompts]}
 

@@ -22,7 +22,6 @@ import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
@@ -32,6 +31,7 @@ from skipdecode.io import atomic_write_text
 from skipdecode.runtime.costmodel import Machine, ModelShape, decode_layers, decode_seconds, ideal_speedup
 from skipdecode.runtime.generate import GenerationConfig, StepEvent, stream_batch
 from skipdecode.schedule import DECAYS, Schedule
+from skipdecode.versions import package_versions
 
 REFERENCE = "ort-genai"
 """The baseline the table compares every row with (the best monolithic ONNX deployment)."""
@@ -281,12 +281,7 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    versions = {}
-    for pkg in ("numpy", "onnxruntime", "onnxruntime-genai", "torch", "transformers", "tensorrt"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
+    versions = package_versions(("numpy", "onnxruntime", "onnxruntime-genai", "torch", "transformers", "tensorrt"))
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
             "loadavg_1m": None if load is None else round(load[0], 2), "versions": versions}

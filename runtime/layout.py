@@ -71,3 +71,18 @@ def plan_step(input_ids: np.ndarray, positions: np.ndarray, key_mask: np.ndarray
     if plan.new_lengths.max() > capacity:
         raise SkipDecodeError(f"KV buffer overflow: {int(plan.new_lengths.max())} positions, {capacity} allocated")
     return plan
+
+
+def begin_step(backend, input_ids: np.ndarray, positions: np.ndarray, key_mask: np.ndarray, slot: int,
+               layers: Sequence[int], capacity: int) -> tuple[tuple[int, ...], StepPlan]:
+    """The checks every exported-graph backend makes before a forward, then its plan.
+
+    ``backend`` has ``batch``, ``layer_len``, ``layer_calls``, ``lengths`` and ``name``.
+    """
+    if input_ids.shape[0] != backend.batch:
+        raise SkipDecodeError(f"batch of {input_ids.shape[0]} rows, buffers allocated for {backend.batch} "
+                              "(call allocate first)")
+    layers = tuple(layers)
+    check_no_recompute(backend.layer_len, layers, slot)
+    backend.layer_calls.append((slot, layers))
+    return layers, plan_step(input_ids, positions, key_mask, slot, backend.lengths, capacity, backend.name)

@@ -26,7 +26,7 @@ import numpy as np
 import onnxruntime as ort
 
 from skipdecode.errors import SkipDecodeError
-from skipdecode.runtime.layout import check_no_recompute, plan_step
+from skipdecode.runtime.layout import begin_step
 from skipdecode.runtime.manifest import load_manifest
 
 KV_ROUND = 64  # KV capacity is rounded up so batches of similar length reuse the buffers
@@ -162,12 +162,7 @@ class OnnxRuntimeBackend:
     def forward(self, input_ids: np.ndarray, positions: np.ndarray, key_mask: np.ndarray,
                 slot: int, layers: Sequence[int]) -> np.ndarray:
         B, S = input_ids.shape
-        if B != self.batch:
-            raise SkipDecodeError(f"batch of {B} rows, buffers allocated for {self.batch} (call allocate first)")
-        layers = tuple(layers)
-        check_no_recompute(self.layer_len, layers, slot)
-        self.layer_calls.append((slot, layers))
-        plan = plan_step(input_ids, positions, key_mask, slot, self.lengths, self.capacity, self.name)
+        layers, plan = begin_step(self, input_ids, positions, key_mask, slot, layers, self.capacity)
         st = self._bindings(S) if plan.prefill else self.decode
         st["ids"][:], st["pos"][:], st["last"][:] = plan.ids, plan.positions, plan.last
         self.write_index[:] = plan.write_index

@@ -20,7 +20,7 @@ import numpy as np
 
 from skipdecode.errors import SkipDecodeError
 from skipdecode.runtime.cuda import DeviceArray, Stream, copy_2d
-from skipdecode.runtime.layout import check_no_recompute, plan_step
+from skipdecode.runtime.layout import begin_step
 from skipdecode.runtime.manifest import load_manifest
 from skipdecode.runtime.tensorrt_engines import (PROFILES, check_compatible, gpu_identity, import_tensorrt,
                                                  load_engine_record)
@@ -121,12 +121,7 @@ class TensorRTBackend:
     def forward(self, input_ids: np.ndarray, positions: np.ndarray, key_mask: np.ndarray,
                 slot: int, layers: Sequence[int]) -> np.ndarray:
         B, S = input_ids.shape
-        if B != self.batch:
-            raise SkipDecodeError(f"batch of {B} rows, buffers allocated for {self.batch} (call allocate first)")
-        layers = tuple(layers)
-        check_no_recompute(self.layer_len, layers, slot)
-        self.layer_calls.append((slot, layers))
-        plan = plan_step(input_ids, positions, key_mask, slot, self.lengths, self.max_seq, self.name)
+        layers, plan = begin_step(self, input_ids, positions, key_mask, slot, layers, self.max_seq)
         profile, write = (PREFILL if plan.prefill else DECODE), plan.write_index
         self._ensure_seq(S)
         st = self.stream
