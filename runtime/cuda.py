@@ -35,6 +35,8 @@ class Stream:
     def __init__(self):
         self.rt = cudart()
         self.handle = check(self.rt.cudaStreamCreate())
+        self.ptr = int(self.handle)
+        """The raw handle, for APIs that take an integer (TensorRT)."""
 
     def synchronize(self) -> None:
         check(self.rt.cudaStreamSynchronize(self.handle))

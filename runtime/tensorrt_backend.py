@@ -42,7 +42,7 @@ class _Engine:
         self.contexts = []
         for p in range(len(PROFILES)):
             ctx = engine.create_execution_context()
-            ctx.set_optimization_profile_async(p, stream.handle)
+            ctx.set_optimization_profile_async(p, stream.ptr)
             self.contexts.append(ctx)
 
     def run(self, profile: int, shapes: dict[str, tuple], buffers: dict[str, DeviceArray], stream: Stream) -> None:
@@ -51,7 +51,7 @@ class _Engine:
             if name in self.inputs:
                 ctx.set_input_shape(name, shapes[name])
             ctx.set_tensor_address(name, buffers[name].ptr)
-        if not ctx.execute_async_v3(stream.handle):
+        if not ctx.execute_async_v3(stream.ptr):
             raise RuntimeError("TensorRT execution failed")
 
 
@@ -97,6 +97,8 @@ class TensorRTBackend:
         kv = (B, H, self.max_seq, D)  # (B, H_kv, T_max, D)
         self.k = [DeviceArray(kv, self.dtype) for _ in range(self.num_layers)]
         self.v = [DeviceArray(kv, self.dtype) for _ in range(self.num_layers)]
+        for buf in (*self.k, *self.v):  # cudaMalloc leaves garbage; a NaN there leaks through 0 * NaN
+            buf.zero(self.stream)       # in the masked attention of slots not yet written
         self.write_index = DeviceArray((B,), np.int32)
         self.last = DeviceArray((B,), np.int64)
         self.head_out = {"logits": DeviceArray((B, self.vocab), np.float32),
