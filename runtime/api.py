@@ -83,7 +83,7 @@ class Runtime:
     def generate(self, prompts: Sequence[str] | Sequence[Sequence[int]] | str, schedule: Schedule | None = None,
                  speedup: float | None = None, max_new_tokens: int = 64, batch_size: int = 8,
                  sampling: SamplingConfig | None = None, stop: Sequence[str] = (), ignore_eos: bool = False,
-                 progress=None) -> list[RowResult]:
+                 progress=None, window: int = 32) -> list[RowResult]:
         """Generate for text prompts (or token-id lists); rows in input order with text filled in."""
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -91,7 +91,7 @@ class Runtime:
         ids = [self.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
         cfg = GenerationConfig(max_new_tokens, sampling or SamplingConfig(), tuple(stop), ignore_eos)
         stop_check = self._stop_check(cfg.stop) if cfg.stop else None
-        rows = generate_ids(self.backend, ids, self.schedule(schedule, speedup), cfg, self.tokenizer.eos_ids,
+        rows = generate_ids(self.backend, ids, self.schedule(schedule, speedup, window), cfg, self.tokenizer.eos_ids,
                             self.tokenizer.pad_id, batch_size, stop_check, progress)
         for text, row in zip(texts, rows):
             row.prompt = text
@@ -103,7 +103,7 @@ class Runtime:
 
     def stream(self, prompts: Sequence[str] | str, schedule: Schedule | None = None, speedup: float | None = None,
                max_new_tokens: int = 64, sampling: SamplingConfig | None = None,
-               ignore_eos: bool = False) -> Iterator[TextEvent]:
+               ignore_eos: bool = False, window: int = 32) -> Iterator[TextEvent]:
         """Yield each row's text as tokens arrive (one batch; incremental detokenization)."""
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -111,7 +111,7 @@ class Runtime:
         cfg = GenerationConfig(max_new_tokens, sampling or SamplingConfig(), (), ignore_eos)
         so_far: list[list[int]] = [[] for _ in prompts]
         shown = [""] * len(prompts)
-        for event in stream_batch(self.backend, ids, self.schedule(schedule, speedup), cfg, self.tokenizer.eos_ids,
+        for event in stream_batch(self.backend, ids, self.schedule(schedule, speedup, window), cfg, self.tokenizer.eos_ids,
                                   self.tokenizer.pad_id):
             if not isinstance(event, StepEvent):
                 return

@@ -1,0 +1,46 @@
+"""The Runtime API over any backend: text in, text out; streaming equals the batch result."""
+
+import pytest
+
+from skipdecode.errors import SkipDecodeError
+from skipdecode.models.backend import TorchBackend
+from skipdecode.runtime.api import Runtime, open_backend
+from skipdecode.schedule import Schedule
+
+PROMPTS = ["w5 w9 w14 w3", "w31", "w8 w8 w40"]
+
+
+@pytest.fixture
+def runtime(tiny_models):
+    loaded = tiny_models["llama"][1]
+    return Runtime(TorchBackend(loaded.model), loaded.tokenizer)
+
+
+def test_stream_concatenates_to_the_generated_text(runtime):
+    rows = runtime.generate(PROMPTS, speedup=2, window=4, max_new_tokens=8, ignore_eos=True)
+    pieces = {i: "" for i in range(len(PROMPTS))}
+    for event in runtime.stream(PROMPTS, speedup=2, window=4, max_new_tokens=8, ignore_eos=True):
+        pieces[event.row] += event.text
+    assert [pieces[i] for i in range(len(PROMPTS))] == [r.text for r in rows]
+    assert all(r.tokens == 8 and r.prompt == p for r, p in zip(rows, PROMPTS))
+
+
+def test_schedule_choice(runtime):
+    assert runtime.schedule().is_full  # no trained schedule: full depth
+    assert runtime.schedule(speedup=3, window=4).speedup == pytest.approx(3, rel=0.2)
+    s = Schedule.constant(6, 2)
+    assert runtime.schedule(s) is s
+    with pytest.raises(SkipDecodeError, match="not both"):
+        runtime.schedule(s, speedup=2)
+
+
+def test_stop_strings_cut_the_text(runtime):
+    free = runtime.generate(PROMPTS[:1], max_new_tokens=8, ignore_eos=True)[0]
+    word = free.text.split()[2]
+    row = runtime.generate(PROMPTS[:1], max_new_tokens=8, ignore_eos=True, stop=[word])[0]
+    assert row.finish_reason == "stop" and word not in row.text and free.text.startswith(row.text)
+
+
+def test_unknown_backend_is_a_clean_error(tmp_path):
+    with pytest.raises(SkipDecodeError, match="unknown backend 'tvm'"):
+        open_backend(tmp_path, backend="tvm")
