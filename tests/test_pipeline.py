@@ -35,6 +35,21 @@ def test_demo_pipeline(export_checkpoints, tmp_path, capsys):
     assert [r.token_ids for r in again["skip"]["rows"]] == [r.token_ids for r in skip["rows"]]
 
 
+def test_demo_any_budget_trains_a_range_and_serves_both_ends(export_checkpoints, tmp_path):
+    import json
+
+    data = tmp_path / "e2e"
+    data.mkdir()
+    write_e2e(data / "devset.csv", ROWS * 8)
+    write_e2e(data / "testset_w_refs.csv", ROWS)
+    cfg = DemoConfig(model=str(export_checkpoints["llama-gqa"]), data=str(data), out=tmp_path / "out", steps=2,
+                     speedup=3, window=4, any_budget=True, test_inputs=2, batch_size=2, max_new_tokens=4)
+    results = run_demo(cfg)
+    info = json.loads((tmp_path / "out" / "train" / "final" / "skipdecode.json").read_text())
+    assert info["speedup_range"] == [1.0, 3.0]
+    assert results["full"]["schedule"].is_full and results["skip"]["schedule"].speedup == pytest.approx(3, rel=0.2)
+
+
 def test_demo_without_data_names_the_problem(tmp_path):
     with pytest.raises(SkipDecodeError, match="expected devset.csv"):
         run_demo(DemoConfig(data=str(tmp_path)))
