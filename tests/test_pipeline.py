@@ -21,7 +21,7 @@ def test_demo_pipeline(export_checkpoints, tmp_path, capsys):
     write_e2e(data / "devset.csv", ROWS * 8)
     write_e2e(data / "testset_w_refs.csv", ROWS)
     cfg = DemoConfig(model=str(export_checkpoints["llama-gqa"]), data=str(data), out=tmp_path / "out", steps=3,
-                     speedup=2, window=4, test_inputs=3, batch_size=2, max_new_tokens=6)
+                     speedup=2, window=4, any_budget=False, test_inputs=3, batch_size=2, max_new_tokens=6)
     results = run_demo(cfg)
     assert (tmp_path / "out" / "train" / "final" / "skipdecode.json").exists()
     assert (tmp_path / "out" / "export" / "manifest.json").exists()

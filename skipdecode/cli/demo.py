@@ -15,8 +15,8 @@ def add_arguments(p):
     p.add_argument("--steps", type=int, default=D.steps, help=f"fine-tuning steps of batch 16 (default {D.steps})")
     p.add_argument("--speedup", type=float, default=D.speedup, help=f"target speedup (default {D.speedup:g})")
     p.add_argument("--window", type=int, default=D.window, help=f"decay window in tokens (default {D.window})")
-    p.add_argument("--any-budget", action="store_true", help="fine-tune on speedups drawn from 1..--speedup per "
-                   "batch, so one checkpoint serves full depth and the skip schedule")
+    p.add_argument("--fixed-schedule", action="store_true", help="fine-tune under the --speedup schedule only "
+                   "(default: speedups drawn from 1..--speedup per batch, so one checkpoint serves both columns)")
     p.add_argument("--test-inputs", type=int, default=D.test_inputs, help=f"test MRs scored (default {D.test_inputs})")
     p.add_argument("--batch-size", type=int, default=D.batch_size)
 
@@ -27,5 +27,5 @@ def run(args) -> int:
     from skipdecode.pipeline import DemoConfig, run_demo
 
     run_demo(DemoConfig(model=args.model, data=args.data, out=Path(args.out), steps=args.steps, speedup=args.speedup,
-                        window=args.window, any_budget=args.any_budget, test_inputs=args.test_inputs, batch_size=args.batch_size))
+                        window=args.window, any_budget=not args.fixed_schedule, test_inputs=args.test_inputs, batch_size=args.batch_size))
     return 0
