@@ -15,11 +15,17 @@ def write_e2e(path: Path, rows) -> None:
     path.write_text('"mr","ref"\n' + "".join(f'"{mr}","{ref}"\n' for mr, ref in rows))
 
 
-def test_demo_pipeline(export_checkpoints, tmp_path, capsys):
-    data = tmp_path / "e2e"
-    data.mkdir()
-    write_e2e(data / "devset.csv", ROWS * 8)
-    write_e2e(data / "testset_w_refs.csv", ROWS)
+@pytest.fixture
+def data(tmp_path) -> Path:
+    """A tiny E2E folder: training rows and a test set, in the tiny word-level vocabulary."""
+    folder = tmp_path / "e2e"
+    folder.mkdir()
+    write_e2e(folder / "devset.csv", ROWS * 8)
+    write_e2e(folder / "testset_w_refs.csv", ROWS)
+    return folder
+
+
+def test_demo_pipeline(export_checkpoints, data, tmp_path, capsys):
     cfg = DemoConfig(model=str(export_checkpoints["llama-gqa"]), data=str(data), out=tmp_path / "out", steps=3,
                      speedup=2, window=4, any_budget=False, test_inputs=3, batch_size=2, max_new_tokens=6)
     results = run_demo(cfg)
@@ -35,13 +41,9 @@ def test_demo_pipeline(export_checkpoints, tmp_path, capsys):
     assert [r.token_ids for r in again["skip"]["rows"]] == [r.token_ids for r in skip["rows"]]
 
 
-def test_demo_any_budget_trains_a_range_and_serves_both_ends(export_checkpoints, tmp_path):
+def test_demo_any_budget_trains_a_range_and_serves_both_ends(export_checkpoints, data, tmp_path):
     import json
 
-    data = tmp_path / "e2e"
-    data.mkdir()
-    write_e2e(data / "devset.csv", ROWS * 8)
-    write_e2e(data / "testset_w_refs.csv", ROWS)
     cfg = DemoConfig(model=str(export_checkpoints["llama-gqa"]), data=str(data), out=tmp_path / "out", steps=2,
                      speedup=3, window=4, any_budget=True, test_inputs=2, batch_size=2, max_new_tokens=4)
     results = run_demo(cfg)
