@@ -78,6 +78,11 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray,
     return ids, mask
 
 
+def positions_from_mask(mask: np.ndarray) -> np.ndarray:
+    """Per-row positions (B, S) int64 from a left-padding mask: 0 at each row's first real token."""
+    return np.maximum(mask.cumsum(-1) - 1, 0)
+
+
 def stream_batch(
     backend: Backend,
     prompts: Sequence[Sequence[int]],
@@ -104,7 +109,7 @@ def stream_batch(
     backend.allocate(B, P + N)
     key_mask = np.zeros((B, P + N), dtype=bool)
     key_mask[:, :P] = mask
-    positions = np.maximum(mask.cumsum(-1) - 1, 0)  # (B, P)
+    positions = positions_from_mask(mask)  # (B, P)
     all_layers = tuple(range(backend.num_layers))
     logits = backend.forward(ids, positions, key_mask[:, :P], 0, all_layers)  # (B, V)
     next_pos = positions[:, -1] + 1  # (B,)

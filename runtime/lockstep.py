@@ -8,7 +8,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from skipdecode.runtime.backend import Backend
-from skipdecode.runtime.generate import left_pad
+from skipdecode.runtime.generate import left_pad, positions_from_mask
 from skipdecode.schedule import Schedule
 
 
@@ -22,7 +22,7 @@ def lockstep(ref: Backend, other: Backend, prompts: Sequence[Sequence[int]], sch
         b.allocate(B, P + new_tokens)
     key_mask = np.zeros((B, P + new_tokens), bool)
     key_mask[:, :P] = mask
-    positions = np.maximum(mask.cumsum(-1) - 1, 0)  # (B, P)
+    positions = positions_from_mask(mask)  # (B, P)
     layers = tuple(range(ref.num_layers))
     lr = ref.forward(ids, positions, key_mask[:, :P], 0, layers)
     yield layers, lr, other.forward(ids, positions, key_mask[:, :P], 0, layers)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from skipdecode.errors import SkipDecodeError
+from skipdecode.io import atomic_dir
 from skipdecode.runtime.bench import RunTiming
 from skipdecode.schedule import Schedule
 
@@ -56,24 +57,20 @@ def build_model(hf_dir: str | Path, build_root: str | Path = "build", precision:
     if (out / "genai_config.json").is_file() and (out / STAMP).is_file():
         if json.loads((out / STAMP).read_text()) == stamp:
             return out
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     log = out.with_name(out.name + ".log")
-    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(tmp),
-           "-p", precision, "-e", execution, "-c", str(tmp / ".cache")]
     print(f"building the ONNX Runtime GenAI model ({precision}, {execution}) in {out}, log in {log}",
           file=sys.stderr)
-    with log.open("w") as f:
-        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
-    if done.returncode != 0 or not (tmp / "genai_config.json").is_file():
-        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-        raise SkipDecodeError(f"ONNX Runtime GenAI's model builder failed (exit {done.returncode}): "
-                              f"{tail[0][:300]} (full log: {log})")
-    shutil.rmtree(tmp / ".cache", ignore_errors=True)
-    (tmp / STAMP).write_text(json.dumps(stamp, indent=1))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_dir(out) as tmp:
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(tmp),
+               "-p", precision, "-e", execution, "-c", str(tmp / ".cache")]
+        with log.open("w") as f:
+            done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+        if done.returncode != 0 or not (tmp / "genai_config.json").is_file():
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise SkipDecodeError(f"ONNX Runtime GenAI's model builder failed (exit {done.returncode}): "
+                                  f"{tail[0][:300]} (full log: {log})")
+        shutil.rmtree(tmp / ".cache", ignore_errors=True)
+        (tmp / STAMP).write_text(json.dumps(stamp, indent=1))
     return out
 
 

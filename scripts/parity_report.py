@@ -16,6 +16,7 @@ from tiny import TINY, make_hf, save_checkpoint  # noqa: E402
 
 from skipdecode.models import load_model  # noqa: E402
 from skipdecode.models.backend import TorchBackend  # noqa: E402
+from skipdecode.runtime.generate import positions_from_mask  # noqa: E402
 from skipdecode.schedule import Schedule  # noqa: E402
 
 
@@ -43,7 +44,7 @@ def main() -> None:
             b = TorchBackend(model)
             b.allocate(3, 24)
             km = mask.bool().numpy()
-            pos = np.maximum(km.cumsum(-1) - 1, 0)
+            pos = positions_from_mask(km)
             steps = [b.forward(ids[:, :P].numpy(), pos[:, :P], km[:, :P], 0, range(6))]
             for t in range(24 - P - 1):
                 s = P + t
