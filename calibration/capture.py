@@ -218,10 +218,10 @@ def capture(export_dir: str | Path, prompts: Sequence[str], schedule: Schedule, 
 def _mark_live_rows(shards: list[dict], ids, rows, batch_size: int) -> None:
     """Per shard row: how many decode calls fed it a real token. A row that ended (EOS, stop) is
     fed padding until the batch ends; row b's call t is real iff t < tokens_b - 1 (the last
-    generated token is never fed back). generate_ids batches rows by prompt length (stable)."""
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    for k, shard in enumerate(shards):
-        batch = order[k * batch_size:(k + 1) * batch_size]
+    generated token is never fed back). The batches are generate_ids' own (length_batches)."""
+    from skipdecode.runtime.generate import length_batches
+
+    for shard, batch in zip(shards, length_batches(ids, batch_size), strict=True):
         if [len(ids[i]) for i in batch] != shard["prompt_lengths"]:
             raise RuntimeError("calibration shards and generation batches disagree on the rows")
         shard["live_decode_calls"] = [rows[i].tokens - 1 for i in batch]

@@ -141,6 +141,12 @@ def stream_batch(
     ]
 
 
+def length_batches(prompts: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+    """Prompt indices in the batches ``generate_ids`` runs: sorted by length (stable), then cut."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
 def generate_ids(
     backend: Backend,
     prompts: Sequence[Sequence[int]],
@@ -158,11 +164,9 @@ def generate_ids(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[RowResult | None] = [None] * len(prompts)
     rng = np.random.default_rng(config.sampling.seed)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    for idx in length_batches(prompts, batch_size):
         check = None if stop_check is None else (lambda r, toks, idx=idx: stop_check(idx[r], toks))
         *_, rows = stream_batch(backend, [prompts[i] for i in idx], schedule, config, eos_ids, pad_id, check, rng)
         for i, row in zip(idx, rows):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from skipdecode.models.backend import TorchBackend
-from skipdecode.runtime.generate import GenerationConfig, generate_ids
+from skipdecode.runtime.api import Runtime
 from skipdecode.schedule import Schedule
 from skipdecode.training.data import IGNORE_INDEX, Batch, Example, collate
 
@@ -64,12 +64,10 @@ def dev_loss(model, pairs: Sequence[tuple[list[int], list[int]]], schedule: Sche
 
 def greedy_samples(model, tokenizer, examples: Sequence[Example], schedule: Schedule,
                    max_new_tokens: int) -> list[dict]:
-    """Greedy outputs under ``schedule`` through runtime.generate_ids and the PyTorch backend."""
+    """Greedy outputs under ``schedule`` through the runtime loop and the PyTorch backend."""
     if not examples:
         return []
-    backend = TorchBackend(model)
-    ids = [tokenizer.encode(e.prompt) for e in examples]
-    rows = generate_ids(backend, ids, schedule, GenerationConfig(max_new_tokens), tokenizer.eos_ids,
-                        tokenizer.pad_id, batch_size=len(ids))
-    return [{"prompt": e.prompt, "output": tokenizer.decode(r.token_ids), "reference": e.target,
+    rows = Runtime(TorchBackend(model), tokenizer).generate([e.prompt for e in examples], schedule,
+                                                            max_new_tokens=max_new_tokens, batch_size=len(examples))
+    return [{"prompt": e.prompt, "output": r.text, "reference": e.target,
              "finish_reason": r.finish_reason} for e, r in zip(examples, rows)]
