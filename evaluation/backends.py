@@ -39,10 +39,10 @@ def export_schedule(export_dir: Path) -> tuple[Schedule | None, dict]:
 
 
 def resolve_export(export_dir: str | Path, kind: str) -> Path:
-    """An export folder; a ``--target both`` export holds one folder per target inside."""
-    path = Path(export_dir)
-    if not (path / "manifest.json").is_file() and (path / kind / "manifest.json").is_file():
-        path = path / kind
+    """The export folder for ``kind`` (runtime.api's resolution), refused if it is not an export."""
+    from skipdecode.runtime.api import resolve_export as resolve
+
+    path = resolve(export_dir, kind)
     if not (path / "manifest.json").is_file():
         raise SkipDecodeError(f"{export_dir}: not an export folder (no manifest.json; run `skipdecode export`)")
     return path

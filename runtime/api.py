@@ -22,9 +22,18 @@ from skipdecode.tokenizer import Tokenizer
 BACKENDS = ("onnxruntime", "tensorrt")
 
 
+def resolve_export(path: str | Path, backend: str) -> Path:
+    """An export folder; a ``--target both`` export holds one folder per target inside."""
+    path = Path(path)
+    if not (path / "manifest.json").is_file() and (path / backend / "manifest.json").is_file():
+        return path / backend
+    return path
+
+
 def open_backend(path: str | Path, backend: str = "onnxruntime", device: str = "cpu",
                  providers: Sequence[str] | None = None, threads: int | None = None):
     """The backend object for an export (onnxruntime) or an engine folder (tensorrt)."""
+    path = resolve_export(path, backend)
     if backend == "onnxruntime":
         from skipdecode.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
@@ -62,7 +71,7 @@ class Runtime:
              providers: Sequence[str] | None = None, threads: int | None = None) -> "Runtime":
         b = open_backend(path, backend, device, providers, threads)
         sched = b.manifest.get("schedule")
-        return cls(b, Tokenizer.from_dir(path), Schedule.from_dict(sched) if sched else None)
+        return cls(b, Tokenizer.from_dir(b.dir), Schedule.from_dict(sched) if sched else None)
 
     @property
     def num_layers(self) -> int:

@@ -44,3 +44,14 @@ def test_stop_strings_cut_the_text(runtime):
 def test_unknown_backend_is_a_clean_error(tmp_path):
     with pytest.raises(SkipDecodeError, match="unknown backend 'tvm'"):
         open_backend(tmp_path, backend="tvm")
+
+
+def test_a_both_targets_export_opens_the_right_folder(tiny_export, tmp_path):
+    import shutil
+
+    folder, _, _ = tiny_export("llama-gqa")
+    both = tmp_path / "both"
+    shutil.copytree(folder, both / "onnxruntime")
+    rt = Runtime.load(both)  # as `skipdecode run --export DIR` and `bench --export DIR` do
+    assert rt.backend.dir == both / "onnxruntime"
+    assert rt.generate(["w5 w6"], max_new_tokens=3, ignore_eos=True)[0].tokens == 3
