@@ -19,7 +19,10 @@ def add_arguments(p):
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="smollm2-135m, an HF checkpoint folder or a .gguf file (PyTorch reference)")
     src.add_argument("--export", help="a `skipdecode export` folder (ONNX Runtime or TensorRT)")
-    p.add_argument("--data", required=True, help="E2E CSV (mr, ref) or JSONL file")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data", help="E2E CSV (mr, ref) or JSONL file")
+    data.add_argument("--heldout", metavar="RUN", help="the prompts a `skipdecode train` run held out "
+                      "(RUN/split.json): a dev slice for choosing settings without the test set")
     p.add_argument("--format", choices=["e2e", "jsonl"], help="default: from the extension (.csv e2e, .jsonl)")
     p.add_argument("--prompt-field", default="prompt", help="JSONL prompt field (default prompt)")
     p.add_argument("--target-field", default="target",
@@ -78,7 +81,7 @@ def _command(args) -> str:
         "prompt_field", "target_field"}
     if not args.model:
         skip.add("dtype")
-    for flag in ("model", "export", "data", "format", "prompt_field", "target_field", "backend", "device",
+    for flag in ("model", "export", "data", "heldout", "format", "prompt_field", "target_field", "backend", "device",
                  "dtype", "batch_size", "limit", "max_new_tokens", "method", "out", "speedup", "max_layers",
                  "min_layers", "window", "warmup_layers", "decay"):
         value = None if flag in skip else getattr(args, flag, None)
@@ -90,7 +93,7 @@ def _command(args) -> str:
 
 
 def run(args) -> int:
-    from skipdecode.evaluation.data import infer_format, load_examples
+    from skipdecode.evaluation.data import infer_format, load_examples, load_heldout
     from skipdecode.evaluation.report import build_report, method_of, output_records, write_report
     from skipdecode.evaluation.runner import evaluate
     from skipdecode.runtime.generate import GenerationConfig
@@ -104,15 +107,19 @@ def run(args) -> int:
         raise SkipDecodeError("--backend torch runs a checkpoint: give --model, not --export")
     if args.batch_size < 1:
         raise SkipDecodeError(f"--batch-size must be >= 1, got {args.batch_size}")
-    examples = load_examples(args.data, args.format, args.prompt_field, args.target_field, args.limit)
+    if args.heldout:
+        examples = load_heldout(args.heldout, args.limit)
+    else:
+        examples = load_examples(args.data, args.format, args.prompt_field, args.target_field, args.limit)
     config = GenerationConfig(args.max_new_tokens, stop=tuple(args.stop))
     backend, tokenizer, trained, training = _open_torch(args) if args.model else _open_export(args)
     schedule = options.build_schedule(args, backend.num_layers, trained)
     print(f"eval: {len(examples)} inputs, {schedule.describe()}, backend {args.backend}", file=sys.stderr)
     result = evaluate(backend, tokenizer, examples, schedule, config, args.batch_size)
     report = build_report(
-        result, method=args.method or method_of(schedule), backend=args.backend, data=str(args.data),
-        data_format=args.format or infer_format(args.data),
+        result, method=args.method or method_of(schedule), backend=args.backend,
+        data=str(args.data) if args.data else f"held out by {args.heldout}",
+        data_format=args.format or (infer_format(args.data) if args.data else "heldout"),
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, model=args.model, export=args.export,
         limit=args.limit, stop=tuple(args.stop), training=training, device=args.device,
         total_wall_s=time.perf_counter() - t0, command=_command(args))

@@ -103,7 +103,8 @@ def run(args) -> int:
         fraction = args.holdout if args.holdout is not None else (0.05 if args.eval_every else 0.0)
         train, held = split_heldout(train, fraction, args.seed)
         split = {"holdout": fraction, "seed": args.seed, "data": list(args.data), "train_examples": len(train),
-                 "heldout_examples": len(held), "heldout_groups": sorted({e.group for e in held})}
+                 "heldout_examples": len(held), "heldout_groups": sorted({e.group for e in held}),
+                 "format": args.format, "prompt_field": args.prompt_field, "target_field": args.target_field}
     if args.eval_every and not held:
         raise SkipDecodeError("--eval-every needs evaluation data: --eval-data or --holdout > 0")
     info = {"base_model": args.model, "distill_from": args.distill_from, "format": args.format or "auto",

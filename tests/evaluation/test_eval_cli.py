@@ -137,3 +137,17 @@ def test_backend_and_source_mismatches_are_refused(tiny_checkpoints, tmp_path, c
     assert "--export" in capsys.readouterr().err
     assert main(["eval", "--export", str(tmp_path), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
     assert "not an export folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("split, message", [
+    (None, "split.json: no such file"),
+    ('{"data": []}', "not a training split (KeyError"),
+    ('{"data": ["x.csv"], "heldout_groups": []}', "the run held nothing out"),
+])
+def test_bad_heldout_split_is_refused(tiny_checkpoints, tmp_path, capsys, split, message):
+    if split is not None:
+        (tmp_path / "split.json").write_text(split)
+    argv = ["eval", "--model", str(tiny_checkpoints["llama"]), "--heldout", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("skipdecode eval: error:") and message in err and len(err.strip().splitlines()) == 1

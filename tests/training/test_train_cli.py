@@ -30,6 +30,15 @@ def test_train_cli_evaluates_checkpoints_and_splits(train_llama, tmp_path, capsy
     assert (out / "final" / "model.safetensors").exists() and (out / "checkpoint-000002" / "trainer_state.pt").exists()
     assert json.loads((out / "final" / "skipdecode.json").read_text())["schedule"]["window"] == 8
 
+    # `eval --heldout RUN` scores exactly the held-out MRs, both references of each grouped
+    scored = tmp_path / "dev"
+    assert main(["eval", "--model", str(out / "final"), "--heldout", str(out), "--max-new-tokens", "3",
+                 "--out", str(scored)]) == 0
+    rows = [json.loads(line) for line in (scored / "outputs.jsonl").read_text().splitlines()]
+    assert sorted(r["input"] for r in rows) == sorted(split["heldout_groups"])
+    assert all(len(r["references"]) == 2 for r in rows)
+    assert "--heldout" in json.loads((scored / "report.json").read_text())["command"]
+
 
 @pytest.mark.parametrize("rows, argv, message", [
     ([("w3 w4", "w5"), ("w6", "")], [], "d.csv:3: missing or empty field 'ref'"),
