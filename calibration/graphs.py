@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader
 
@@ -77,8 +78,11 @@ def int8_dynamic(src: Path, dst: Path, per_channel: bool) -> None:
 
 
 def int8_static(src: Path, dst: Path, feeds, per_channel: bool, symmetric_activations: bool,
-                exclude: Iterable[str] = (), dynamic_fallback: bool = True) -> None:
-    """QDQ int8: weights int8 symmetric, activation scales from the recorded calls (MinMax).
+                exclude: Iterable[str] = (), dynamic_fallback: bool = True,
+                ranges: dict[str, tuple[float, float]] | None = None) -> None:
+    """QDQ int8: weights int8 symmetric, activation scales from the recorded calls (ORT's MinMax
+    calibrator, or ``ranges``: activation -> (lo, hi) computed by calibration/outliers.py, given to
+    the quantizer as ``TensorQuantOverrides``).
 
     ``symmetric_activations``: int8 activations with zero point 0 (what TensorRT's explicit
     quantization takes); otherwise uint8 asymmetric (ONNX Runtime CPU's U8S8 kernels).
@@ -91,6 +95,7 @@ def int8_static(src: Path, dst: Path, feeds, per_channel: bool, symmetric_activa
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     act = QuantType.QInt8 if symmetric_activations else QuantType.QUInt8
+    overrides = {name: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}] for name, (lo, hi) in (ranges or {}).items()}
     exclude = list(exclude)
     with _quiet():
         quantize_static(typed(src), dst, FeedReader(feeds), quant_format=QuantFormat.QDQ,
@@ -99,7 +104,8 @@ def int8_static(src: Path, dst: Path, feeds, per_channel: bool, symmetric_activa
                         calibration_providers=["CPUExecutionProvider"], nodes_to_exclude=exclude,
                         extra_options={"MatMulConstBOnly": True, "WeightSymmetric": True,
                                        "ActivationSymmetric": symmetric_activations,
-                                       "OpTypesToExcludeOutputQuantization": QUANTIZED_OPS, **FLOAT})
+                                       "OpTypesToExcludeOutputQuantization": QUANTIZED_OPS,
+                                       **({"TensorQuantOverrides": overrides} if overrides else {}), **FLOAT})
         if exclude and dynamic_fallback:
             quantize_dynamic(typed(dst), dst, op_types_to_quantize=QUANTIZED_OPS, nodes_to_quantize=exclude,
                              per_channel=per_channel, weight_type=QuantType.QInt8,

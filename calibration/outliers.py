@@ -56,8 +56,35 @@ def weight_matmuls(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
     return {n.name: (n.input[0], n.input[1]) for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits}
 
 
-def activation_errors(src: Path, feeds, symmetric: bool) -> dict[str, tuple[float, float]]:
-    """activation tensor -> (static error, per-call error) over the recorded calls."""
+PERCENTILE = 99.99
+"""``percentile`` calibration: the static range covers this share of the recorded values (per sign)."""
+
+
+def static_range(xs: list[np.ndarray], symmetric: bool, method: str = "minmax") -> tuple[float, float]:
+    """One (lo, hi) for all recorded calls: their full range (minmax, what ORT's MinMax calibrator
+    takes), or the ``PERCENTILE``-th percentile of the pooled values (percentile: clips the rare
+    massive activations, so each value counts as often as the deployment schedule produced it;
+    computed here because ORT's histogram calibrators need every call to have the same shape).
+
+    >>> xs = [np.arange(100_000.0).reshape(100, 1000) / 100_000, np.array([[-1.0, 50.0]])]
+    >>> static_range(xs, False), tuple(round(v, 4) for v in static_range(xs, False, "percentile"))
+    ((-1.0, 50.0), (0.0, 0.9999))
+    """
+    if method == "minmax":
+        return min(rng(x, symmetric)[0] for x in xs), max(rng(x, symmetric)[1] for x in xs)
+    if method != "percentile":
+        raise ValueError(f"unknown calibration method {method!r}")
+    pooled = np.concatenate([x.ravel() for x in xs])
+    if symmetric:
+        m = float(np.percentile(np.abs(pooled), PERCENTILE))
+        return -m, m
+    lo, hi = np.percentile(pooled, [100 - PERCENTILE, PERCENTILE])
+    return min(float(lo), 0.0), max(float(hi), 0.0)
+
+
+def activation_errors(src: Path, feeds, symmetric: bool, method: str = "minmax"
+                      ) -> dict[str, tuple[float, float, tuple[float, float]]]:
+    """activation tensor -> (static error, per-call error, static range) over the recorded calls."""
     import onnxruntime as ort
 
     probe = onnx.load(src)
@@ -72,22 +99,24 @@ def activation_errors(src: Path, feeds, symmetric: bool) -> dict[str, tuple[floa
     out = {}
     for i, name in enumerate(names):
         xs = [c[i] for c in calls]
-        lo, hi = min(rng(x, symmetric)[0] for x in xs), max(rng(x, symmetric)[1] for x in xs)
+        lo, hi = static_range(xs, symmetric, method)
         n = sum(x.size // x.shape[-1] for x in xs)
         static = sum(row_error(x, qdq(x, lo, hi, symmetric)) * (x.size // x.shape[-1]) for x in xs) / n
         per_call = sum(row_error(x, qdq(x, *rng(x, symmetric), symmetric)) * (x.size // x.shape[-1]) for x in xs) / n
-        out[name] = (static, per_call)
+        out[name] = (static, per_call, (lo, hi))
     return out
 
 
-def fallbacks(src: Path, feeds, symmetric: bool, ratio: float = RATIO) -> dict[str, str]:
-    """MatMul node name -> why it is left out of static quantization (empty: none)."""
-    errors = activation_errors(src, feeds, symmetric)
+def fallbacks(src: Path, feeds, symmetric: bool, ratio: float = RATIO, method: str = "minmax"
+              ) -> tuple[dict[str, str], dict[str, tuple[float, float]]]:
+    """(MatMul node name -> why it is left out of static quantization, activation -> static range
+    under ``method``). ``ratio`` inf: nothing falls back."""
+    errors = activation_errors(src, feeds, symmetric, method)
     model = onnx.load(src)
     out = {}
     for node, (act, weight) in weight_matmuls(model).items():
-        static, per_call = errors[act]
+        static, per_call, _ = errors[act]
         if static > ratio * max(per_call, 1e-6):
             label = weight.removesuffix(".weight_t")
             out[node] = f"{label} (static {100 * static:.1f}% vs per-call {100 * per_call:.1f}% token error)"
-    return out
+    return out, {act: r for act, (_, _, r) in errors.items()}

@@ -39,6 +39,7 @@ from skipdecode.schedule import Schedule
 METHODS = ("int8-dynamic", "int8-static", "int4-weight")
 TARGETS = ("onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "quantized")
+CALIBRATION_METHODS = ("minmax", "percentile")
 SCHEDULE_FILE = "skipdecode.json"  # models.loading.SCHEDULE_FILE (not imported: no torch here)
 
 FP32_HEAD = ("kept fp32: the head's rounding errors change the emitted token directly "
@@ -61,6 +62,10 @@ class QuantConfig:
     accuracy_level: int = 4
     """int4-weight: MatMulNBits compute type (4: int8 activations, the fast CPU kernels; 0: fp32)."""
     outlier_ratio: float = 2.0
+    calibration_method: str = "minmax"
+    """int8-static: how recorded activations become a scale: minmax (the range of every call) or
+    percentile (99.99th percentile of the pooled values, clipping the rare massive activations;
+    calibration/outliers.py)."""
     """int8-static: a MatMul whose static input scale costs more than this many times the per-call
     rounding error (calibration/outliers.py) is quantized per call (onnxruntime) or kept float
     (tensorrt) instead; inf keeps every MatMul static."""
@@ -77,6 +82,9 @@ class QuantConfig:
             raise SkipDecodeError(f"block size must be a power of two >= 16, got {self.block_size}")
         if not self.outlier_ratio >= 1:
             raise SkipDecodeError(f"outlier ratio must be >= 1 (inf: never fall back), got {self.outlier_ratio}")
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise SkipDecodeError(f"unknown calibration method {self.calibration_method!r} "
+                                  f"(choose from {', '.join(CALIBRATION_METHODS)})")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise SkipDecodeError(f"accuracy level must be 0-4, got {self.accuracy_level}")
 
@@ -169,10 +177,14 @@ def _quantize_graph(src: Path, dst: Path, role: str, key, config: QuantConfig, t
         from skipdecode.calibration.outliers import fallbacks
 
         sym, feeds = target == "tensorrt", (lambda: shards.feeds(key))
-        excluded = fallbacks(src, feeds, sym, config.outlier_ratio) if config.outlier_ratio != float("inf") else {}
-        graphs.int8_static(src, dst, feeds, config.per_channel, sym, excluded, dynamic_fallback=not sym)
+        excluded, ranges = {}, None
+        if config.outlier_ratio != float("inf") or config.calibration_method != "minmax":
+            excluded, ranges = fallbacks(src, feeds, sym, config.outlier_ratio, config.calibration_method)
+        graphs.int8_static(src, dst, feeds, config.per_channel, sym, excluded, dynamic_fallback=not sym,
+                           ranges=ranges if config.calibration_method != "minmax" else None)
         done = (f"int8 static QDQ: MatMul weights int8 {'per channel' if config.per_channel else 'per tensor'}, "
-                f"activations {'int8 symmetric' if sym else 'uint8'} from {shards.calls(key)} recorded calls (MinMax)")
+                f"activations {'int8 symmetric' if sym else 'uint8'} from {shards.calls(key)} recorded calls "
+                f"({config.calibration_method})")
         if excluded:
             instead = "kept fp32" if sym else "int8 dynamic"
             done += (f"; {instead} where one static scale costs > {config.outlier_ratio:g}x the per-call rounding "

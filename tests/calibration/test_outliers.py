@@ -4,8 +4,10 @@ import doctest
 
 import numpy as np
 import onnx
+import pytest
+from onnx import numpy_helper
 
-from skipdecode.calibration import outliers
+from skipdecode.calibration import graphs, outliers
 
 
 def test_doctests():
@@ -35,5 +37,14 @@ def test_a_massive_activation_makes_its_matmul_fall_back(tmp_path):
         if i == 0:
             gain[0, 3] = 500.0
         calls.append({"x": rng.normal(size=(3, 8)).astype(np.float32), "gain": gain})
-    out = outliers.fallbacks(tmp_path / "m.onnx", lambda: iter(calls), symmetric=False)
+    out, ranges = outliers.fallbacks(tmp_path / "m.onnx", lambda: iter(calls), symmetric=False)
     assert list(out) == ["mb"] and out["mb"].startswith("b (static")
+    assert ranges["xg"][1] == pytest.approx(max(float((c["x"] * c["gain"]).max()) for c in calls))
+
+    # a range given by the calibration (percentile) becomes the activation's Q/DQ scale
+    graphs.int8_static(tmp_path / "m.onnx", tmp_path / "q.onnx", lambda: iter(calls), per_channel=False,
+                       symmetric_activations=False, ranges={"xg": (-1.0, 3.0)})
+    q = onnx.load(tmp_path / "q.onnx")
+    scale = next(n.input[1] for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "xg")
+    value = next(numpy_helper.to_array(i) for i in q.graph.initializer if i.name == scale)
+    assert float(value) == pytest.approx(4.0 / 255, rel=1e-6)

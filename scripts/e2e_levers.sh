@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The levers study (evaluation issue): which training choices close the gap between SkipDecode at 3x
+# and full depth on SmolLM2-135M. Every run is the same short budget (100 steps of 8 pairs, lr 2e-4,
+# 10 warm-up steps, seed 0) on the E2E dev files with the same held-out MRs (--holdout 0.05, seed 0),
+# and is scored on those held-out MRs only (`skipdecode eval --heldout`), never on the test set.
+#   bash scripts/e2e_levers.sh train NAME   # NAME: base | warmup3 | window26 | power | distill
+#   bash scripts/e2e_levers.sh eval NAME    # -> out/levers/NAME/report.json
+# "More steps" and "the any-budget range model" are read from the main runs (scripts/e2e_experiment.sh):
+#   bash scripts/e2e_levers.sh eval-run 3x|range1-5   # the 300-step models on the same held-out MRs
+# distill's teacher is the full-depth model of the main experiment (runs/e2e-smollm2-1x/final).
+# About 4 s per step on one core of the 2-core CPU: 7 minutes a run.
+set -euo pipefail
+DATA=${DATA:-../shared/data/e2e}
+what=$1 name=$2
+case $name in
+  base) lever=() ;;
+  warmup3) lever=(--warmup-layers 3) ;;     # the paper uses 1 warm-up layer
+  window26) lever=(--window 26) ;;          # 3x realised on the held-out MRs' output lengths (see docs/RESULTS.md)
+  power) lever=(--decay power) ;;
+  distill) lever=(--distill-from runs/e2e-smollm2-1x/final --distill-weight 0.5) ;;
+  3x|range1-5) lever=() ;;
+  *) echo "unknown lever $name" >&2; exit 2 ;;
+esac
+if [ "$what" = train ]; then
+  out=runs/lever-$name
+  resume=(); ls "$out"/checkpoint-* >/dev/null 2>&1 && resume=(--resume)
+  skipdecode train --model smollm2-135m --data "$DATA/devset.csv" "$DATA/clean-devel.csv" --out "$out" \
+    --speedup 3 --window 32 "${lever[@]}" --batch-size 8 --max-steps 100 --lr 2e-4 --warmup-steps 10 --seed 0 \
+    --eval-every 100 --holdout 0.05 --eval-examples 128 --eval-samples 2 --save-every 25 --keep-checkpoints 1 \
+    --threads 1 "${resume[@]}"
+elif [ "$what" = eval ]; then
+  skipdecode eval --model "runs/lever-$name/final" --heldout "runs/lever-$name" --method "lever-$name" \
+    --batch-size 16 --out "out/levers/$name"
+elif [ "$what" = eval-run ]; then   # a main-experiment model at 3x on the same held-out MRs
+  skipdecode eval --model "runs/e2e-smollm2-$name/final" --heldout "runs/e2e-smollm2-$name" --speedup 3 \
+    --method "run-$name" --batch-size 16 --out "out/levers/run-$name"
+fi
