@@ -53,6 +53,8 @@ class BenchConfig:
     repeats: int = 3
     """Timed runs of every configuration; records report medians."""
     seed: int = 0
+    static: bool = False
+    """Constant schedules (static layer dropping): round(L / s) layers at every step."""
 
     def __post_init__(self):
         if not self.batch_sizes or min(self.batch_sizes) < 1:
@@ -75,9 +77,15 @@ class BenchConfig:
     def schedules(self, num_layers: int) -> dict[float, Schedule]:
         """Target speedup -> schedule (raises ValueError for a speedup the depth cannot reach)."""
         window = self.window or self.new_tokens
-        return {s: Schedule.full(num_layers) if s == 1 else
-                Schedule.for_speedup(num_layers, s, window, self.warmup_layers, self.decay)
-                for s in self.all_speedups}
+
+        def make(s: float) -> Schedule:
+            if s == 1:
+                return Schedule.full(num_layers)
+            if self.static:
+                return Schedule.constant(num_layers, max(self.warmup_layers, round(num_layers / s)), self.warmup_layers)
+            return Schedule.for_speedup(num_layers, s, window, self.warmup_layers, self.decay)
+
+        return {s: make(s) for s in self.all_speedups}
 
 
 @dataclass

@@ -56,6 +56,8 @@ def add_arguments(p):
     p.add_argument("--window", type=int, default=None, help="schedule window (default: --new-tokens)")
     p.add_argument("--warmup-layers", type=int, default=1, help="bottom layers every token runs (default 1)")
     p.add_argument("--decay", choices=("linear", "power"), default="linear")
+    p.add_argument("--static", action="store_true",
+                   help="constant schedules (static layer dropping, the baseline): round(L/s) layers every step")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per configuration (default 1)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per configuration; medians (default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random prompt ids")
@@ -145,7 +147,7 @@ def run(args) -> int:
     if args.export is not None and not Path(args.export).is_dir():
         raise SkipDecodeError(f"--export {args.export}: no such folder")
     config = bench.BenchConfig(args.batch_sizes, args.speedups, args.prompt_len, args.new_tokens, args.window,
-                               args.warmup_layers, args.decay, args.warmup, args.repeats, args.seed)
+                               args.warmup_layers, args.decay, args.warmup, args.repeats, args.seed, args.static)
     machine = Machine(args.mem_bw, args.gflops)
 
     hf_dir = None

@@ -114,3 +114,10 @@ def test_bench_library_imports_neither_torch_nor_transformers():
             "import skipdecode.cli.bench\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_static_schedules_drop_the_same_layers_every_step():
+    schedules = BenchConfig(speedups=(2, 3), static=True).schedules(30)
+    assert schedules[1.0].is_full
+    for s, n in ((2.0, 15), (3.0, 10)):
+        assert {schedules[s].layers_for_step(t) for t in range(40)} == {schedules[s].layer_set(n)}
