@@ -1,0 +1,108 @@
+"""Collect the E2E experiment (scripts/e2e_experiment.sh) into docs/results/e2e.json, a markdown
+table for docs/RESULTS.md and the quality-vs-speedup plot.
+
+    python scripts/e2e_results.py [--reports out/e2e] [--bench out/e2e-bench]
+                                  [--json docs/results/e2e.json] [--plot docs/results/e2e.png]
+
+One record per model and schedule, scored through ONNX Runtime, with the PyTorch reference's
+scores on the same schedule beside it and the share of test rows whose greedy token ids are
+identical between the two. tokens/s come from `skipdecode bench` (batch 1 and 32, 32-token prompts,
+32 new tokens) of the same schedule: speed depends on the schedule, not on the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def outputs(folder: Path) -> list[list[int]]:
+    return [json.loads(line)["token_ids"] for line in (folder / "outputs.jsonl").read_text().splitlines()]
+
+
+def bench_speeds(folder: Path) -> dict[tuple[str, int], float]:
+    """(schedule description, batch size) -> decode tokens/s, over every bench JSON in ``folder``."""
+    speeds = {}
+    for file in sorted(folder.glob("*.json")):
+        for r in load(file)["records"]:
+            speeds[(r["schedule"], r["batch_size"])] = r["tokens_per_s"]
+    return speeds
+
+
+def collect(reports: Path, bench: Path) -> list[dict]:
+    speeds = bench_speeds(bench) if bench.is_dir() else {}
+    records = []
+    for folder in sorted(p for p in reports.iterdir() if (p / "report.json").exists() and not p.name.endswith("-torch")):
+        r = load(folder / "report.json")
+        torch_dir = folder.with_name(folder.name + "-torch")
+        t = load(torch_dir / "report.json") if (torch_dir / "report.json").exists() else None
+        same = None
+        if t is not None:
+            a, b = outputs(folder), outputs(torch_dir)
+            same = round(sum(x == y for x, y in zip(a, b)) / len(a), 4) if len(a) == len(b) else None
+        training = (t or {}).get("training") or {}
+        sched = r["schedule_description"]
+        records.append({
+            "model": folder.name.split("-s")[0].split("-w")[0], "method": r["method"],
+            "target_speedup": r["target_speedup"], "layer_speedup": r["layer_speedup"],
+            "bleu": r["bleu"], "rouge_l": r["rouge_l"], "backend": r["backend"],
+            "tokens_per_s_b1": speeds.get((sched, 1)), "tokens_per_s_b32": speeds.get((sched, 32)),
+            "steps": training.get("step"), "schedule": sched, "mean_output_tokens": r["mean_output_tokens"],
+            "torch_bleu": t["bleu"] if t else None, "torch_rouge_l": t["rouge_l"] if t else None,
+            "same_ids_as_torch": same, "num_inputs": r["num_inputs"], "report": str(folder / "report.json"),
+        })
+    return sorted(records, key=lambda x: (x["model"], x["layer_speedup"]))
+
+
+def table(records: list[dict]) -> str:
+    def f(v, fmt, suffix=""):
+        return "-" if v is None else format(v, fmt) + suffix
+
+    lines = ["| model | scored as | schedule | realised speedup | BLEU | ROUGE-L | PyTorch BLEU / ROUGE-L | "
+             "same ids as PyTorch | tok/s B=1 | tok/s B=32 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for x in records:
+        lines.append(f"| {x['model']} | {x['method']} | {x['schedule']} | {f(x['layer_speedup'], '.2f', 'x')} | "
+                     f"{x['bleu']:.2f} | {x['rouge_l']:.2f} | {f(x['torch_bleu'], '.2f')} / {f(x['torch_rouge_l'], '.2f')} | "
+                     f"{f(x['same_ids_as_torch'] and 100 * x['same_ids_as_torch'], '.1f', '%')} | "
+                     f"{f(x['tokens_per_s_b1'], '.1f')} | {f(x['tokens_per_s_b32'], '.1f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--reports", default="out/e2e", help="eval --out folders (NAME and NAME-torch)")
+    p.add_argument("--bench", default="out/e2e-bench", help="bench --json files")
+    p.add_argument("--json", default="docs/results/e2e.json")
+    p.add_argument("--plot", default="docs/results/e2e.png")
+    args = p.parse_args(argv)
+    reports = Path(args.reports)
+    if not reports.is_dir():
+        print(f"e2e_results: {reports}: no such folder (run scripts/e2e_experiment.sh eval NAME)", file=sys.stderr)
+        return 2
+    records = collect(reports, Path(args.bench))
+    if not records:
+        print(f"e2e_results: {reports}: no report.json", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(ROOT))
+    from skipdecode.evaluation.compare import plot
+    from skipdecode.evaluation.report import load_report
+    from skipdecode.io import atomic_write_text
+
+    atomic_write_text(args.json, json.dumps(records, indent=2) + "\n")
+    plot([load_report(r["report"]) for r in records], args.plot)
+    print(table(records), end="")
+    print(f"e2e_results: wrote {args.json} and {args.plot}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
