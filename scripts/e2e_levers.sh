@@ -3,7 +3,7 @@
 # and full depth on SmolLM2-135M. Every run is the same short budget (100 steps of 8 pairs, lr 2e-4,
 # 10 warm-up steps, seed 0) on the E2E dev files with the same held-out MRs (--holdout 0.05, seed 0),
 # and is scored on those held-out MRs only (`skipdecode eval --heldout`), never on the test set.
-#   bash scripts/e2e_levers.sh train NAME   # NAME: base | warmup3 | window26 | power | distill
+#   bash scripts/e2e_levers.sh train NAME   # NAME: base | warmup3 | window26 | power | narrow | distill
 #   bash scripts/e2e_levers.sh eval NAME    # -> out/levers/NAME/report.json
 # "More steps" and "the any-budget range model" are read from the main runs (scripts/e2e_experiment.sh):
 #   bash scripts/e2e_levers.sh eval-run 3x|range1-5   # the 300-step models on the same held-out MRs
@@ -12,8 +12,10 @@
 set -euo pipefail
 DATA=${DATA:-../shared/data/e2e}
 what=$1 name=$2
+sched=(--speedup 3 --window 32)
 case $name in
   base) lever=() ;;
+  narrow) sched=(--max-layers 13 --min-layers 7 --window 32); lever=() ;;  # 3x with half the decay of 15->5
   warmup3) lever=(--warmup-layers 3) ;;     # the paper uses 1 warm-up layer
   window26) lever=(--window 26) ;;          # 3x realised on the held-out MRs' output lengths (see docs/RESULTS.md)
   power) lever=(--decay power) ;;
@@ -25,7 +27,7 @@ if [ "$what" = train ]; then
   out=runs/lever-$name
   resume=(); ls "$out"/checkpoint-* >/dev/null 2>&1 && resume=(--resume)
   skipdecode train --model smollm2-135m --data "$DATA/devset.csv" "$DATA/clean-devel.csv" --out "$out" \
-    --speedup 3 --window 32 "${lever[@]}" --batch-size 8 --max-steps 100 --lr 2e-4 --warmup-steps 10 --seed 0 \
+    "${sched[@]}" "${lever[@]}" --batch-size 8 --max-steps 100 --lr 2e-4 --warmup-steps 10 --seed 0 \
     --eval-every 100 --holdout 0.05 --eval-examples 128 --eval-samples 2 --save-every 25 --keep-checkpoints 1 \
     --threads 1 "${resume[@]}"
 elif [ "$what" = eval ]; then
