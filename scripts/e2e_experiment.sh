@@ -56,7 +56,7 @@ elif [ "$what" = eval ]; then
     read -ra flags <<< "$flags"
     skipdecode eval --export "build/e2e-$name" --data "$DATA/testset_w_refs.csv" --method "$label" --batch-size 32 \
       "${flags[@]}" --out "out/e2e/$name$suffix"
-    skipdecode eval --model "$out/final" --data "$DATA/testset_w_refs.csv" --method "$label" --batch-size 32 \
+    OMP_NUM_THREADS=${EVAL_THREADS:-1} skipdecode eval --model "$out/final" --data "$DATA/testset_w_refs.csv" --method "$label" --batch-size 32 \
       "${flags[@]}" --out "out/e2e/$name$suffix-torch"
   done
 fi
