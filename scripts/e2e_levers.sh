@@ -6,7 +6,7 @@
 #   bash scripts/e2e_levers.sh train NAME   # NAME: base | warmup3 | window26 | power | narrow | distill
 #   bash scripts/e2e_levers.sh eval NAME    # -> out/levers/NAME/report.json
 # "More steps" and "the any-budget range model" are read from the main runs (scripts/e2e_experiment.sh):
-#   bash scripts/e2e_levers.sh eval-run 3x|range1-5   # the 300-step models on the same held-out MRs
+#   bash scripts/e2e_levers.sh eval-run 1x|3x|static3x|range1-5   # the 300-step models, same held-out MRs
 # distill's teacher is the full-depth model of the main experiment (runs/e2e-smollm2-1x/final).
 # About 4 s per step on one core of the 2-core CPU: 7 minutes a run.
 set -euo pipefail
@@ -20,7 +20,7 @@ case $name in
   window26) lever=(--window 26) ;;          # 3x realised on the held-out MRs' output lengths (see docs/RESULTS.md)
   power) lever=(--decay power) ;;
   distill) lever=(--distill-from runs/e2e-smollm2-1x/final --distill-weight 0.5) ;;
-  3x|range1-5) lever=() ;;
+  1x|3x|static3x|range1-5) lever=() ;;
   *) echo "unknown lever $name" >&2; exit 2 ;;
 esac
 if [ "$what" = train ]; then
@@ -31,9 +31,10 @@ if [ "$what" = train ]; then
     --eval-every 100 --holdout 0.05 --eval-examples 128 --eval-samples 2 --save-every 25 --keep-checkpoints 1 \
     --threads 1 "${resume[@]}"
 elif [ "$what" = eval ]; then
-  skipdecode eval --model "runs/lever-$name/final" --heldout "runs/lever-$name" --method "lever-$name" \
+  OMP_NUM_THREADS=1 skipdecode eval --model "runs/lever-$name/final" --heldout "runs/lever-$name" --method "lever-$name" \
     --batch-size 16 --out "out/levers/$name"
-elif [ "$what" = eval-run ]; then   # a main-experiment model at 3x on the same held-out MRs
-  skipdecode eval --model "runs/e2e-smollm2-$name/final" --heldout "runs/e2e-smollm2-$name" --speedup 3 \
+elif [ "$what" = eval-run ]; then   # a main-experiment model on the same held-out MRs (range: at 3x)
+  own=(); [ "$name" = range1-5 ] && own=(--speedup 3 --window 32)
+  OMP_NUM_THREADS=1 skipdecode eval --model "runs/e2e-smollm2-$name/final" --heldout "runs/e2e-smollm2-$name" "${own[@]}" \
     --method "run-$name" --batch-size 16 --out "out/levers/run-$name"
 fi
