@@ -77,12 +77,32 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def levers(folder: Path, runs: Path) -> str:
+    """The levers study (scripts/e2e_levers.sh): each model on the held-out dev MRs, with its final
+    dev loss (under its own schedule) from the training log."""
+    lines = ["| model | steps x batch | schedule | realised speedup | dev BLEU | dev ROUGE-L | dev loss |",
+             "|---|---|---|---|---|---|---|"]
+    for rep in sorted(folder.glob("*/report.json")):
+        r = load(rep)
+        name = rep.parent.name
+        run = runs / (f"e2e-smollm2-{name[4:]}" if name.startswith("run-") else f"lever-{name}")
+        evals = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if '"eval"' in line] \
+            if (run / "log.jsonl").exists() else []
+        last = evals[-1] if evals else {}
+        batch = 16 if name.startswith("run-") else 8
+        loss = f"{last['dev_loss']:.3f}" if last else "-"
+        lines.append(f"| {name} | {last.get('step', '-')} x {batch} | {r['schedule_description']} | "
+                     f"{r['layer_speedup']:.2f}x | {r['bleu']:.2f} | {r['rouge_l']:.2f} | {loss} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reports", default="out/e2e", help="eval --out folders (NAME and NAME-torch)")
     p.add_argument("--bench", default="out/e2e-bench", help="bench --json files")
     p.add_argument("--json", default="docs/results/e2e.json")
     p.add_argument("--plot", default="docs/results/e2e.png")
+    p.add_argument("--levers", default="out/levers", help="the levers study's eval --out folders")
     args = p.parse_args(argv)
     reports = Path(args.reports)
     if not reports.is_dir():
@@ -100,6 +120,9 @@ def main(argv=None) -> int:
     atomic_write_text(args.json, json.dumps(records, indent=2) + "\n")
     plot([load_report(r["report"]) for r in records], args.plot)
     print(table(records), end="")
+    if Path(args.levers).is_dir():
+        print("\nLevers, on the held-out dev MRs:\n")
+        print(levers(Path(args.levers), ROOT / "runs"), end="")
     print(f"e2e_results: wrote {args.json} and {args.plot}", file=sys.stderr)
     return 0
 
