@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -26,6 +27,20 @@ def load(path: Path) -> dict:
 
 def outputs(folder: Path) -> list[list[int]]:
     return [json.loads(line)["token_ids"] for line in (folder / "outputs.jsonl").read_text().splitlines()]
+
+
+def names_copied(folder: Path) -> float | None:
+    """Share of the MRs' name[...] and near[...] values that the outputs contain verbatim: the
+    error reduced-depth models make most (copying a name from the prompt)."""
+    hit = total = 0
+    for line in (folder / "outputs.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        attrs = dict(re.findall(r"(\w+)\[([^\]]*)\]", row["input"]))
+        for key in ("name", "near"):
+            if key in attrs:
+                total += 1
+                hit += attrs[key] in row["output"]
+    return round(hit / total, 4) if total else None
 
 
 def bench_speeds(folder: Path) -> dict[tuple[str, int], float]:
@@ -57,7 +72,7 @@ def collect(reports: Path, bench: Path) -> list[dict]:
             "tokens_per_s_b1": speeds.get((sched, 1)), "tokens_per_s_b32": speeds.get((sched, 32)),
             "steps": training.get("step"), "schedule": sched, "mean_output_tokens": r["mean_output_tokens"],
             "torch_bleu": t["bleu"] if t else None, "torch_rouge_l": t["rouge_l"] if t else None,
-            "same_ids_as_torch": same, "num_inputs": r["num_inputs"], "report": str(folder / "report.json"),
+            "same_ids_as_torch": same, "names_copied": names_copied(folder), "num_inputs": r["num_inputs"], "report": str(folder / "report.json"),
         })
     return sorted(records, key=lambda x: (x["model"], x["layer_speedup"]))
 
@@ -67,12 +82,13 @@ def table(records: list[dict]) -> str:
         return "-" if v is None else format(v, fmt) + suffix
 
     lines = ["| model | scored as | schedule | realised speedup | BLEU | ROUGE-L | PyTorch BLEU / ROUGE-L | "
-             "same ids as PyTorch | tok/s B=1 | tok/s B=32 |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "same ids as PyTorch | names copied | tok/s B=1 | tok/s B=32 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in records:
         lines.append(f"| {x['model']} | {x['method']} | {x['schedule']} | {f(x['layer_speedup'], '.2f', 'x')} | "
                      f"{x['bleu']:.2f} | {x['rouge_l']:.2f} | {f(x['torch_bleu'], '.2f')} / {f(x['torch_rouge_l'], '.2f')} | "
                      f"{f(x['same_ids_as_torch'] and 100 * x['same_ids_as_torch'], '.1f', '%')} | "
+                     f"{f(x['names_copied'] and 100 * x['names_copied'], '.1f', '%')} | "
                      f"{f(x['tokens_per_s_b1'], '.1f')} | {f(x['tokens_per_s_b32'], '.1f')} |")
     return "\n".join(lines) + "\n"
 
