@@ -19,6 +19,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+LABELS = {"full": "full depth (1x model)", "skipdecode": "SkipDecode, one model per target",
+          "skipdecode-w26": "SkipDecode 3x model, 26-step window", "static": "static dropping, 10 layers",
+          "range": "SkipDecode any-budget model (1:5)", "range-static": "any-budget model, static 10 layers"}
+"""Plot legend per eval --method label."""
 
 
 def load(path: Path) -> dict:
@@ -134,7 +138,8 @@ def main(argv=None) -> int:
     from skipdecode.io import atomic_write_text
 
     atomic_write_text(args.json, json.dumps(records, indent=2) + "\n")
-    plot([load_report(r["report"]) for r in records], args.plot)
+    loaded = [load_report(r["report"]) for r in records]
+    plot([{**r, "method": LABELS.get(r["method"], r["method"])} for r in loaded], args.plot)
     print(table(records), end="")
     if Path(args.levers).is_dir():
         print("\nLevers, on the held-out dev MRs:\n")
