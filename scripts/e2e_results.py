@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -48,12 +49,13 @@ def names_copied(folder: Path) -> float | None:
 
 
 def bench_speeds(folder: Path) -> dict[tuple[str, int], float]:
-    """(schedule description, batch size) -> decode tokens/s, over every bench JSON in ``folder``."""
-    speeds = {}
+    """(schedule description, batch size) -> decode tokens/s over every bench JSON in ``folder``;
+    the median where several runs measured it (each run measures full depth too)."""
+    seen: dict[tuple[str, int], list[float]] = {}
     for file in sorted(folder.glob("*.json")):
         for r in load(file)["records"]:
-            speeds[(r["schedule"], r["batch_size"])] = r["tokens_per_s"]
-    return speeds
+            seen.setdefault((r["schedule"], r["batch_size"]), []).append(r["tokens_per_s"])
+    return {k: statistics.median(v) for k, v in seen.items()}
 
 
 def collect(reports: Path, bench: Path) -> list[dict]:
