@@ -2,7 +2,7 @@
 # The E2E experiment (evaluation issue): SmolLM2-135M fine-tuned on the E2E dev files under each
 # schedule with the same budget (300 steps, batch 16, lr 2e-4, 30 warm-up steps, seed 0), then
 # evaluated on the whole test set through ONNX Runtime and the PyTorch reference.
-#   bash scripts/e2e_experiment.sh train NAME   # NAME: 3x | 1x | static3x | 2x | 5x | range1-5
+#   bash scripts/e2e_experiment.sh train NAME   # NAME: 3x | 1x | static3x | 2x | 5x | range1-5 | 3x-pd | static3x-d
 #   bash scripts/e2e_experiment.sh eval NAME   # export, then score the test set: ONNX Runtime and PyTorch
 #   bash scripts/e2e_experiment.sh bench       # tokens/s of every schedule scored, batch 1 and 32
 #   python scripts/e2e_results.py              # docs/results/e2e.json, the table and the plot
@@ -27,6 +27,10 @@ case $name in
   1x) sched=(--speedup 1) ;;
   static3x) sched=(--max-layers 10 --min-layers 10) ;;   # constant 10 of 30 layers: static dropping at 3x
   range1-5) sched=(--speedup-range 1:5 --window 32) ;;
+  # the levers that helped on the held-out MRs (scripts/e2e_levers.sh), at the full budget, and the
+  # static baseline with the same teacher
+  3x-pd) sched=(--speedup 3 --window 32 --decay power --distill-from runs/e2e-smollm2-1x/final) ;;
+  static3x-d) sched=(--max-layers 10 --min-layers 10 --distill-from runs/e2e-smollm2-1x/final) ;;
   *) echo "unknown run $name" >&2; exit 2 ;;
 esac
 out=runs/e2e-smollm2-$name
@@ -43,9 +47,9 @@ elif [ "$what" = eval ]; then
   # 32-step model); the range model is scored under static dropping too.
   case $name in
     1x) runs=("|full||y") ;;
-    2x|5x) runs=("|skipdecode||y") ;;
+    2x|5x|3x-pd) runs=("|skipdecode||y") ;;
     3x) runs=("|skipdecode||y" "-w26|skipdecode-w26|--speedup 3 --window 26|y") ;;
-    static3x) runs=("|static||y") ;;
+    static3x|static3x-d) runs=("|static||y") ;;
     range1-5) runs=("-s1|range|--speedup 1|y" "-s2|range|--speedup 2 --window 32|n" "-s3|range|--speedup 3 --window 32|y"
                     "-s4|range|--speedup 4 --window 32|n" "-s5|range|--speedup 5 --window 32|y"
                     "-static3|range-static|--max-layers 10 --min-layers 10|y") ;;
