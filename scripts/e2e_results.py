@@ -99,6 +99,35 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+PAIRS = [("1x", "2x"), ("1x", "3x"), ("1x", "5x"), ("static3x", "3x"), ("range1-5-s3", "3x"), ("2x", "range1-5-s2")]
+"""Comparisons given a confidence interval (eval --out folder names under --reports)."""
+
+
+def paired(reports: Path, a: str, b: str, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float] | None:
+    """ROUGE-L of ``a`` minus ``b`` (the corpus score is the mean over MRs of each MR's best F) with
+    a 95% paired-bootstrap interval over the test MRs; None when either report is missing."""
+    import numpy as np
+
+    if not all((reports / n / "outputs.jsonl").exists() for n in (a, b)):
+        return None
+    ra, rb = ([json.loads(line) for line in (reports / n / "outputs.jsonl").read_text().splitlines()] for n in (a, b))
+    if [r["input"] for r in ra] != [r["input"] for r in rb]:
+        raise SystemExit(f"e2e_results: {a} and {b} were not scored on the same inputs")
+    d = np.array([x["rouge_l"] - y["rouge_l"] for x, y in zip(ra, rb)])
+    rng = np.random.default_rng(seed)
+    boot = d[rng.integers(0, len(d), (resamples, len(d)))].mean(axis=1)
+    return float(d.mean()), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
+
+
+def intervals(reports: Path) -> str:
+    lines = ["| ROUGE-L of | minus | difference | 95% interval (paired bootstrap over MRs) |", "|---|---|---|---|"]
+    for a, b in PAIRS:
+        r = paired(reports, a, b)
+        if r is not None:
+            lines.append(f"| {a} | {b} | {r[0]:+.2f} | [{r[1]:+.2f}, {r[2]:+.2f}] |")
+    return "\n".join(lines) + "\n"
+
+
 def levers(folder: Path, runs: Path) -> str:
     """The levers study (scripts/e2e_levers.sh): each model on the held-out dev MRs, with its final
     dev loss (under its own schedule) from the training log."""
@@ -143,6 +172,7 @@ def main(argv=None) -> int:
     loaded = [load_report(r["report"]) for r in records]
     plot([{**r, "method": LABELS.get(r["method"], r["method"])} for r in loaded], args.plot)
     print(table(records), end="")
+    print("\n" + intervals(reports), end="")
     if Path(args.levers).is_dir():
         print("\nLevers, on the held-out dev MRs:\n")
         print(levers(Path(args.levers), ROOT / "runs"), end="")
