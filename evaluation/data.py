@@ -9,13 +9,12 @@ prompt are merged too.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from skipdecode.errors import SkipDecodeError
 from skipdecode.evaluation.metrics import group_references
-from skipdecode.io import read_jsonl
+from skipdecode.io import read_json, read_jsonl
 from skipdecode.training.data import FORMATS, JSONL_TEMPLATE, infer_format, load_examples as load_training, read_e2e
 
 __all__ = ["FORMATS", "Example", "infer_format", "load_examples", "load_heldout", "read_jsonl_rows"]
@@ -55,8 +54,6 @@ def load_examples(path: str | Path, fmt: str | None = None, prompt_field: str = 
     fmt = fmt or infer_format(path)
     if fmt not in FORMATS:
         raise SkipDecodeError(f"unknown data format {fmt!r} (supported: {', '.join(FORMATS)})")
-    if limit is not None and limit < 1:
-        raise SkipDecodeError(f"--limit must be >= 1, got {limit}")
     if fmt == "e2e":
         rows = [(e.prompt, e.target) for e in read_e2e(path)]
     else:
@@ -65,6 +62,9 @@ def load_examples(path: str | Path, fmt: str | None = None, prompt_field: str = 
 
 
 def _grouped(rows: list[tuple[str, str]], limit: int | None) -> list[Example]:
+    """Distinct prompts with their references, the first ``limit`` of them."""
+    if limit is not None and limit < 1:
+        raise SkipDecodeError(f"--limit must be >= 1, got {limit}")
     prompts, refs = group_references([r[0] for r in rows], [r[1] for r in rows])
     examples = [Example(p, r) for p, r in zip(prompts, refs)]
     return examples[:limit] if limit else examples
@@ -75,21 +75,16 @@ def load_heldout(run: str | Path, limit: int | None = None) -> list[Example]:
     references grouped: the dev slice to choose settings on without touching the test set. E2E
     groups are whole MRs (clean-devel rows join the devset MR they were corrected from), so a
     held-out group can bring two spellings of its MR, each scored as its own input."""
-    run = Path(run)
-    file = run / "split.json" if run.is_dir() else run
-    if not file.is_file():
-        raise SkipDecodeError(f"{file}: no such file (a `skipdecode train` run folder with a held-out split)")
+    file, split = read_json(run, "split.json",
+                            "{file}: no such file (a `skipdecode train` run folder with a held-out split)")
     try:
-        split = json.loads(file.read_text(encoding="utf-8"))
         data, groups = split["data"], set(split["heldout_groups"])
         fields = {"fmt": split.get("format"), "prompt_field": split.get("prompt_field") or "prompt",
                   "target_field": split.get("target_field") or "target"}
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (KeyError, TypeError) as e:
         raise SkipDecodeError(f"{file}: not a training split ({type(e).__name__}: {e})") from None
     if not groups:
         raise SkipDecodeError(f"{file}: the run held nothing out (train with --holdout)")
-    if limit is not None and limit < 1:
-        raise SkipDecodeError(f"--limit must be >= 1, got {limit}")
     held = [e for e in load_training(data, **fields) if e.group in groups]
     if not held:
         raise SkipDecodeError(f"{file}: none of its held-out groups are in {', '.join(map(str, data))}")

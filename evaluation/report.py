@@ -11,7 +11,7 @@ from pathlib import Path
 
 from skipdecode.errors import SkipDecodeError
 from skipdecode.evaluation.runner import EvalResult
-from skipdecode.io import atomic_write_text, write_jsonl
+from skipdecode.io import atomic_write_text, read_json, write_jsonl
 from skipdecode.versions import package_versions
 
 REPORT_VERSION = 1
@@ -140,14 +140,7 @@ def write_report(out_dir: str | Path, report: dict, outputs: list[dict]) -> Path
 
 def load_report(path: str | Path) -> dict:
     """A ``report.json`` file, or a folder that holds one."""
-    path = Path(path)
-    file = path / "report.json" if path.is_dir() else path
-    if not file.is_file():
-        raise SkipDecodeError(f"{path}: no report.json")
-    try:
-        report = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise SkipDecodeError(f"{file}:{e.lineno}: invalid JSON ({e.msg})") from None
+    file, report = read_json(path, "report.json", "{path}: no report.json")
     if not isinstance(report, dict):
         raise SkipDecodeError(f"{file}: not an evaluation report (expected a JSON object)")
     missing = [k for k in REQUIRED if k not in report]

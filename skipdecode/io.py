@@ -1,4 +1,4 @@
-"""File helpers: JSONL with file:line errors, and atomic writes (nothing half-written)."""
+"""File helpers: JSON and JSONL with file:line errors, and atomic writes (nothing half-written)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,20 @@ def read_jsonl(path: str | Path, required: Iterable[str] = ()) -> list[dict]:
                     raise SkipDecodeError(f"{path}:{n}: missing or empty field {key!r}")
             rows.append(row)
     return rows
+
+
+def read_json(path: str | Path, name: str, missing: str) -> tuple[Path, object]:
+    """(file, parsed JSON) of ``path``, or of ``path/name`` when ``path`` is a folder; a parse error
+    names file and line. ``missing``: the error when there is no such file, formatted with ``path``
+    and ``file``."""
+    path = Path(path)
+    file = path / name if path.is_dir() else path
+    if not file.is_file():
+        raise SkipDecodeError(missing.format(path=path, file=file))
+    try:
+        return file, json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise SkipDecodeError(f"{file}:{e.lineno}: invalid JSON ({e.msg})") from None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -5,7 +5,7 @@ import stat
 import pytest
 
 from skipdecode.errors import SkipDecodeError
-from skipdecode.io import atomic_dir, atomic_write_text, read_jsonl
+from skipdecode.io import atomic_dir, atomic_write_text, read_json, read_jsonl
 
 
 def test_atomic_files_and_folders_get_the_usual_modes(tmp_path):
@@ -36,3 +36,14 @@ def test_read_jsonl_names_file_and_line(tmp_path):
     f.write_text(json.dumps({"prompt": "a"}) + "\n[1]\n")
     with pytest.raises(SkipDecodeError, match=r"x.jsonl:2: expected a JSON object"):
         read_jsonl(f)
+
+
+def test_read_json_takes_a_file_or_its_folder_and_names_the_bad_line(tmp_path):
+    (tmp_path / "r.json").write_text('{"a": 1}')
+    assert read_json(tmp_path, "r.json", "{path}: none") == (tmp_path / "r.json", {"a": 1})
+    assert read_json(tmp_path / "r.json", "other.json", "{path}: none")[1] == {"a": 1}
+    with pytest.raises(SkipDecodeError, match=r"x: no x.json here"):
+        read_json(tmp_path / "x", "x.json", "{path}: no x.json here")
+    (tmp_path / "r.json").write_text('{\n"a": }')
+    with pytest.raises(SkipDecodeError, match=r"r.json:2: invalid JSON"):
+        read_json(tmp_path, "r.json", "{path}: none")
