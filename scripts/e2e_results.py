@@ -20,6 +20,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from skipdecode.evaluation.compare import plot  # noqa: E402
+from skipdecode.evaluation.report import load_report  # noqa: E402
+from skipdecode.io import atomic_write_text, read_jsonl  # noqa: E402
+
 LABELS = {"full": "full depth (1x model)", "skipdecode": "SkipDecode, one model per target",
           "skipdecode-w26": "SkipDecode 3x model, 26-step window", "static": "static dropping, 10 layers",
           "range": "SkipDecode any-budget model (1:5)", "range-static": "any-budget model, static 10 layers"}
@@ -30,16 +35,16 @@ def load(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def outputs(folder: Path) -> list[list[int]]:
-    return [json.loads(line)["token_ids"] for line in (folder / "outputs.jsonl").read_text().splitlines()]
+def outputs(folder: Path) -> list[dict]:
+    """An eval --out folder's rows (input, output, token_ids, rouge_l, ...), in input order."""
+    return read_jsonl(folder / "outputs.jsonl")
 
 
-def names_copied(folder: Path) -> float | None:
+def names_copied(rows: list[dict]) -> float | None:
     """Share of the MRs' name[...] and near[...] values that the outputs contain verbatim: the
     error reduced-depth models make most (copying a name from the prompt)."""
     hit = total = 0
-    for line in (folder / "outputs.jsonl").read_text().splitlines():
-        row = json.loads(line)
+    for row in rows:
         attrs = dict(re.findall(r"(\w+)\[([^\]]*)\]", row["input"]))
         for key in ("name", "near"):
             if key in attrs:
@@ -65,10 +70,11 @@ def collect(reports: Path, bench: Path) -> list[dict]:
         r = load(folder / "report.json")
         torch_dir = folder.with_name(folder.name + "-torch")
         t = load(torch_dir / "report.json") if (torch_dir / "report.json").exists() else None
-        same = None
+        rows, same = outputs(folder), None
         if t is not None:
-            a, b = outputs(folder), outputs(torch_dir)
-            same = round(sum(x == y for x, y in zip(a, b)) / len(a), 4) if len(a) == len(b) else None
+            ref = outputs(torch_dir)
+            if len(rows) == len(ref):
+                same = round(sum(x["token_ids"] == y["token_ids"] for x, y in zip(rows, ref)) / len(rows), 4)
         training = (t or {}).get("training") or {}
         sched = r["schedule_description"]
         records.append({
@@ -78,7 +84,7 @@ def collect(reports: Path, bench: Path) -> list[dict]:
             "tokens_per_s_b1": speeds.get((sched, 1)), "tokens_per_s_b32": speeds.get((sched, 32)),
             "steps": training.get("step"), "schedule": sched, "mean_output_tokens": r["mean_output_tokens"],
             "torch_bleu": t["bleu"] if t else None, "torch_rouge_l": t["rouge_l"] if t else None,
-            "same_ids_as_torch": same, "names_copied": names_copied(folder), "num_inputs": r["num_inputs"], "report": str(folder / "report.json"),
+            "same_ids_as_torch": same, "names_copied": names_copied(rows), "num_inputs": r["num_inputs"], "report": str(folder / "report.json"),
         })
     return sorted(records, key=lambda x: (x["model"], x["layer_speedup"]))
 
@@ -110,7 +116,7 @@ def paired(reports: Path, a: str, b: str, resamples: int = 2000, seed: int = 0) 
 
     if not all((reports / n / "outputs.jsonl").exists() for n in (a, b)):
         return None
-    ra, rb = ([json.loads(line) for line in (reports / n / "outputs.jsonl").read_text().splitlines()] for n in (a, b))
+    ra, rb = outputs(reports / a), outputs(reports / b)
     if [r["input"] for r in ra] != [r["input"] for r in rb]:
         raise SystemExit(f"e2e_results: {a} and {b} were not scored on the same inputs")
     d = np.array([x["rouge_l"] - y["rouge_l"] for x, y in zip(ra, rb)])
@@ -163,11 +169,6 @@ def main(argv=None) -> int:
     if not records:
         print(f"e2e_results: {reports}: no report.json", file=sys.stderr)
         return 2
-    sys.path.insert(0, str(ROOT))
-    from skipdecode.evaluation.compare import plot
-    from skipdecode.evaluation.report import load_report
-    from skipdecode.io import atomic_write_text
-
     atomic_write_text(args.json, json.dumps(records, indent=2) + "\n")
     loaded = [load_report(r["report"]) for r in records]
     plot([{**r, "method": LABELS.get(r["method"], r["method"])} for r in loaded], args.plot)
