@@ -62,13 +62,13 @@ class QuantConfig:
     accuracy_level: int = 4
     """int4-weight: MatMulNBits compute type (4: int8 activations, the fast CPU kernels; 0: fp32)."""
     outlier_ratio: float = 2.0
+    """int8-static: a MatMul whose static input scale costs more than this many times the per-call
+    rounding error (calibration/outliers.py) is quantized per call (onnxruntime) or kept float
+    (tensorrt) instead; inf keeps every MatMul static."""
     calibration_method: str = "minmax"
     """int8-static: how recorded activations become a scale: minmax (the range of every call) or
     percentile (99.99th percentile of the pooled values, clipping the rare massive activations;
     calibration/outliers.py)."""
-    """int8-static: a MatMul whose static input scale costs more than this many times the per-call
-    rounding error (calibration/outliers.py) is quantized per call (onnxruntime) or kept float
-    (tensorrt) instead; inf keeps every MatMul static."""
 
     def __post_init__(self):
         if self.method not in METHODS:
