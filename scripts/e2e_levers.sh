@@ -17,7 +17,7 @@ case $name in
   base) lever=() ;;
   narrow) sched=(--max-layers 13 --min-layers 7 --window 32); lever=() ;;  # 3x with half the decay of 15->5
   warmup3) lever=(--warmup-layers 3) ;;     # the paper uses 1 warm-up layer
-  window26) lever=(--window 26) ;;          # 3x realised on the held-out MRs' output lengths (see docs/RESULTS.md)
+  window26) lever=(--window 26) ;;          # the 3x model's held-out outputs average 25.7 tokens (out/levers/run-3x)
   power) lever=(--decay power) ;;
   distill) lever=(--distill-from runs/e2e-smollm2-1x/final --distill-weight 0.5) ;;
   1x|3x|static3x|range1-5) lever=() ;;
