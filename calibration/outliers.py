@@ -56,6 +56,21 @@ def weight_matmuls(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
     return {n.name: (n.input[0], n.input[1]) for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits}
 
 
+def intermediates(src: Path, feeds, names: list[str]):
+    """Per recorded call, the values of the tensors ``names`` (graph outputs added to a copy)."""
+    import onnxruntime as ort
+
+    probe = onnx.load(src)
+    have = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                              for n in names if n not in have)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    for f in feeds():
+        yield sess.run(names, f)
+
+
 PERCENTILE = 99.99
 """``percentile`` calibration: the static range covers this share of the recorded values (per sign)."""
 
@@ -85,17 +100,8 @@ def static_range(xs: list[np.ndarray], symmetric: bool, method: str = "minmax") 
 def activation_errors(src: Path, feeds, symmetric: bool, method: str = "minmax"
                       ) -> dict[str, tuple[float, float, tuple[float, float]]]:
     """activation tensor -> (static error, per-call error, static range) over the recorded calls."""
-    import onnxruntime as ort
-
-    probe = onnx.load(src)
-    names = list(dict.fromkeys(a for a, _ in weight_matmuls(probe).values()))
-    have = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
-                              for n in names if n not in have)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    calls = [sess.run(names, f) for f in feeds()]
+    names = list(dict.fromkeys(a for a, _ in weight_matmuls(onnx.load(src)).values()))
+    calls = list(intermediates(src, feeds, names))
     out = {}
     for i, name in enumerate(names):
         xs = [c[i] for c in calls]

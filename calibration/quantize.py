@@ -69,6 +69,9 @@ class QuantConfig:
     """int8-static: how recorded activations become a scale: minmax (the range of every call) or
     percentile (99.99th percentile of the pooled values, clipping the rare massive activations;
     calibration/outliers.py)."""
+    smooth_alpha: float | None = None
+    """int8-static: SmoothQuant before calibration (calibration/smooth.py): each projection input's
+    per-channel range moves into the weights with this strength (0.5 in the paper); None: off."""
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -85,6 +88,10 @@ class QuantConfig:
         if self.calibration_method not in CALIBRATION_METHODS:
             raise SkipDecodeError(f"unknown calibration method {self.calibration_method!r} "
                                   f"(choose from {', '.join(CALIBRATION_METHODS)})")
+        if self.smooth_alpha is not None and not 0 < self.smooth_alpha < 1:
+            raise SkipDecodeError(f"--smooth must be in (0, 1), got {self.smooth_alpha}")
+        if self.smooth_alpha is not None and self.method != "int8-static":
+            raise SkipDecodeError(f"--smooth applies to int8-static (static activation scales), not {self.method}")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise SkipDecodeError(f"accuracy level must be 0-4, got {self.accuracy_level}")
 
@@ -177,12 +184,25 @@ def _quantize_graph(src: Path, dst: Path, role: str, key, config: QuantConfig, t
         from skipdecode.calibration.outliers import fallbacks
 
         sym, feeds = target == "tensorrt", (lambda: shards.feeds(key))
+        smoothed = ""
+        if config.smooth_alpha is not None:  # exact in real arithmetic; the shards are
+            from skipdecode.calibration.smooth import smooth  # the graph inputs, so they still apply
+
+            tmp = dst.with_name(dst.stem + ".smooth.onnx")
+            ratios = smooth(src, tmp, feeds, config.smooth_alpha)
+            src = tmp
+            widest = max(ratios.items(), key=lambda kv: kv[1][0], default=None)
+            smoothed = (f"SmoothQuant alpha {config.smooth_alpha:g} on {len(ratios)} projection inputs"
+                        + (f" (widest {widest[0]}: max |x| {widest[1][0]:.1f} -> {widest[1][1]:.1f})" if widest else "")
+                        + "; ")
         excluded, ranges = {}, None
         if config.outlier_ratio != float("inf") or config.calibration_method != "minmax":
             excluded, ranges = fallbacks(src, feeds, sym, config.outlier_ratio, config.calibration_method)
         graphs.int8_static(src, dst, feeds, config.per_channel, sym, excluded, dynamic_fallback=not sym,
                            ranges=ranges if config.calibration_method != "minmax" else None)
-        done = (f"int8 static QDQ: MatMul weights int8 {'per channel' if config.per_channel else 'per tensor'}, "
+        if config.smooth_alpha is not None:
+            src.unlink()
+        done = (f"{smoothed}int8 static QDQ: MatMul weights int8 {'per channel' if config.per_channel else 'per tensor'}, "
                 f"activations {'int8 symmetric' if sym else 'uint8'} from {shards.calls(key)} recorded calls "
                 f"({config.calibration_method})")
         if excluded:

@@ -43,6 +43,9 @@ def add_arguments(p):
     p.add_argument("--calibration-method", choices=["minmax", "percentile"], default="minmax",
                    help="int8-static: activation range from every recorded call (minmax) or the 99.99th "
                    "percentile of the recorded values, clipping rare massive activations (default minmax)")
+    p.add_argument("--smooth", type=float, metavar="ALPHA",
+                   help="int8-static: SmoothQuant first, moving each projection input's outlier channels into the "
+                   "weights with strength ALPHA in (0, 1) (0.5 is the paper's; default off)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt draw (default 0)")
     p.add_argument("--batch-size", type=int, default=8, help="calibration generation batch (default 8)")
     p.add_argument("--max-new-tokens", type=int, default=48, help="decode steps per calibration prompt (default 48)")
@@ -72,7 +75,7 @@ def run(args) -> int:
     source, out = Path(args.export), Path(args.out)
     manifest = load_manifest(source)
     config = QuantConfig(args.method, args.target, args.per_channel, args.head, args.embed, args.block_size,
-                         args.accuracy_level, args.outlier_ratio, args.calibration_method)
+                         args.accuracy_level, args.outlier_ratio, args.calibration_method, args.smooth)
     if args.check_prompts < 0 or args.check_tokens < 1:
         raise SkipDecodeError("--check-prompts must be >= 0 and --check-tokens >= 1")
     data = Path(args.data).resolve() if args.data else None

@@ -63,10 +63,12 @@ def test_dynamic_and_int4_need_no_data(tiny_export, tmp_path, capsys):
     (["--method", "int8-static", "--data", "{csv}", "--samples", "0"], "samples must be >= 1"),
     (["--method", "int8-dynamic", "--target", "tensorrt"], "is a onnxruntime export"),
     (["--method", "int4-weight", "--block-size", "24"], "block size"),
+    (["--method", "int8-dynamic", "--smooth", "0.5"], "--smooth applies to int8-static"),
     (["--method", "int8-dynamic", "--speedup", "99"], "speedup"),
 ])
 def test_bad_input_is_one_line(tiny_export, train_csv, tmp_path, capsys, extra, message):
     folder, _, _ = tiny_export("llama-gqa")
+    capsys.readouterr()  # the export's progress bars, when this test builds it
     (tmp_path / "testset.csv").write_text(train_csv.read_text())
     extra = [e.format(tmp=tmp_path, csv=train_csv) for e in extra]
     assert main(["calibrate", str(folder), "--out", str(tmp_path / "q"), *extra]) == 2
