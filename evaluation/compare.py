@@ -81,6 +81,38 @@ def mismatches(reports: list[dict]) -> list[str]:
     return notes
 
 
+def load_outputs(report: dict) -> list[dict]:
+    """The per-input rows (``outputs.jsonl``) beside a loaded report."""
+    from skipdecode.io import read_jsonl
+
+    path = Path(report["_path"]).with_name("outputs.jsonl")
+    if not path.is_file():
+        raise SkipDecodeError(f"{path}: no outputs.jsonl beside the report (--paired needs per-input scores)")
+    return read_jsonl(path)
+
+
+def paired_bootstrap(a: list[dict], b: list[dict], metric: str = "rouge_l", resamples: int = 2000,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """Corpus ``metric`` of ``a`` minus ``b`` (the mean over inputs of each input's score, as
+    ROUGE-L's corpus figure is) with a 95% paired-bootstrap interval: inputs are resampled with
+    replacement, the same draw for both, so an interval clear of 0 is a difference the test set
+    supports (not one a different draw of inputs would erase).
+
+    >>> a = [{"input": str(i), "rouge_l": 50.0 + (i % 2)} for i in range(100)]
+    >>> b = [{"input": str(i), "rouge_l": 50.0} for i in range(100)]
+    >>> [round(v, 2) for v in paired_bootstrap(a, b)]
+    [0.5, 0.4, 0.6]
+    """
+    import numpy as np
+
+    if [r["input"] for r in a] != [r["input"] for r in b]:
+        raise SkipDecodeError("the two reports were not scored on the same inputs in the same order")
+    d = np.array([x[metric] - y[metric] for x, y in zip(a, b)])  # (N,)
+    rng = np.random.default_rng(seed)
+    boot = d[rng.integers(0, len(d), (resamples, len(d)))].mean(axis=1)  # (resamples,)
+    return float(d.mean()), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
+
+
 def plot(reports: list[dict], path: str | Path, x: str = "layer") -> Path:
     """ROUGE-L and BLEU against speedup, one curve per method (per backend if several)."""
     import matplotlib

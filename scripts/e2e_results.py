@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from skipdecode.evaluation.compare import plot  # noqa: E402
+from skipdecode.evaluation.compare import paired_bootstrap, plot  # noqa: E402
 from skipdecode.evaluation.report import load_report  # noqa: E402
 from skipdecode.io import atomic_write_text, read_jsonl  # noqa: E402
 
@@ -109,20 +109,12 @@ PAIRS = [("1x", "2x"), ("1x", "3x"), ("1x", "5x"), ("static3x", "3x"), ("range1-
 """Comparisons given a confidence interval (eval --out folder names under --reports)."""
 
 
-def paired(reports: Path, a: str, b: str, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float] | None:
-    """ROUGE-L of ``a`` minus ``b`` (the corpus score is the mean over MRs of each MR's best F) with
-    a 95% paired-bootstrap interval over the test MRs; None when either report is missing."""
-    import numpy as np
-
+def paired(reports: Path, a: str, b: str) -> tuple[float, float, float] | None:
+    """ROUGE-L of ``a`` minus ``b`` with a 95% paired-bootstrap interval over the test MRs (as
+    `skipdecode compare --paired`); None when either report is missing."""
     if not all((reports / n / "outputs.jsonl").exists() for n in (a, b)):
         return None
-    ra, rb = outputs(reports / a), outputs(reports / b)
-    if [r["input"] for r in ra] != [r["input"] for r in rb]:
-        raise SystemExit(f"e2e_results: {a} and {b} were not scored on the same inputs")
-    d = np.array([x["rouge_l"] - y["rouge_l"] for x, y in zip(ra, rb)])
-    rng = np.random.default_rng(seed)
-    boot = d[rng.integers(0, len(d), (resamples, len(d)))].mean(axis=1)
-    return float(d.mean()), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
+    return paired_bootstrap(outputs(reports / a), outputs(reports / b))
 
 
 def intervals(reports: Path) -> str:

@@ -6,6 +6,7 @@ import pytest
 
 from skipdecode.cli.main import main
 from skipdecode.evaluation.compare import add_measured_speedup, markdown_table, summary_records
+from skipdecode.errors import SkipDecodeError
 from skipdecode.evaluation.report import load_report, render_markdown
 
 BASE = dict(backend="onnxruntime", device="cpu", batch_size=8, data="testset_w_refs.csv", num_inputs=630,
@@ -98,3 +99,40 @@ def test_load_report_reads_a_folder_or_a_file(tmp_path):
     (path,) = write_reports(tmp_path, [REPORTS[0]])
     assert load_report(path)["bleu"] == 60.4
     assert load_report(f"{path}/report.json")["_path"].endswith("report.json")
+
+
+def test_doctests():
+    import doctest
+
+    from skipdecode.evaluation import compare
+
+    result = doctest.testmod(compare)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def _with_outputs(tmp_path, scores):
+    paths = write_reports(tmp_path, [dict(REPORTS[0], method=m) for m in scores])
+    for p, rows in zip(paths, scores.values()):
+        lines = [json.dumps({"input": f"mr{i}", "output": "o", "rouge_l": v}) for i, v in enumerate(rows)]
+        (tmp_path / p / "outputs.jsonl").write_text("\n".join(lines) + "\n")
+    return paths
+
+
+def test_paired_bootstrap_intervals_against_the_first_report(tmp_path, capsys):
+    from skipdecode.evaluation.compare import paired_bootstrap
+
+    same = [{"input": str(i), "rouge_l": float(i)} for i in range(50)]
+    assert paired_bootstrap(same, same) == (0.0, 0.0, 0.0)
+    ahead = [dict(r, rouge_l=r["rouge_l"] + 2.0) for r in same]
+    assert paired_bootstrap(ahead, same) == pytest.approx((2.0, 2.0, 2.0))
+    d, lo, hi = paired_bootstrap([dict(r, rouge_l=r["rouge_l"] * 1.1) for r in same], same)
+    assert d == pytest.approx(2.45) and lo < d < hi  # a mean of per-input gains 0 to 4.9: a real interval
+    with pytest.raises(SkipDecodeError, match="same inputs"):
+        paired_bootstrap(same[::-1], same)
+
+    paths = _with_outputs(tmp_path, {"full": [60.0, 50.0, 40.0], "a": [61.0, 51.0, 41.0]})
+    assert main(["compare", *paths, "--paired"]) == 0
+    assert "ROUGE-L a (" in (out := capsys.readouterr().out) and "+1.00, 95% interval [+1.00, +1.00] over 3" in out
+    (tmp_path / paths[1] / "outputs.jsonl").unlink()
+    assert main(["compare", *paths, "--paired"]) == 2
+    assert "no outputs.jsonl beside the report" in capsys.readouterr().err
