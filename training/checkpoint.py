@@ -9,6 +9,7 @@ crash or Ctrl-C never leaves a half-written checkpoint under the final name.
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shutil
@@ -41,10 +42,33 @@ def state_dict_for_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def save_checkpoint(model: torch.nn.Module, tokenizer_dir: Path, dst: Path, info: dict,
                     trainer_state: dict | None = None) -> Path:
     """Write ``model`` (unwrapped) into ``dst`` atomically. ``info`` goes into skipdecode.json
-    and must hold ``{"schedule": schedule.to_dict(), ...}``."""
+    and must hold ``{"schedule": schedule.to_dict(), ...}``. A full disk is a one-line
+    ``SkipDecodeError`` (the earlier checkpoints stay as they were)."""
+    dst = Path(dst)
+    try:
+        _write(model, tokenizer_dir, dst, info, trainer_state)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as "unexpected pos ..."
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        free, need = shutil.disk_usage(dst.parent).free, checkpoint_bytes(model, trainer_state is not None)
+        if getattr(e, "errno", None) != errno.ENOSPC and free >= 1.25 * need:  # not (evidently) a full disk
+            raise
+        raise SkipDecodeError(
+            f"{dst}: could not write the checkpoint: {free / 1e9:.2f} GB free on its disk, a checkpoint takes "
+            f"~{need / 1e9:.2f} GB ({type(e).__name__}); earlier checkpoints are intact: free space (or lower "
+            "--keep-checkpoints) and re-run with --resume") from None
+    return dst
+
+
+def checkpoint_bytes(model: torch.nn.Module, with_state: bool = True) -> int:
+    """About what one checkpoint takes: the weights, and AdamW's two moments per parameter."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    moments = sum(p.numel() * 8 for p in model.parameters() if p.requires_grad) if with_state else 0
+    return weights + moments
+
+
+def _write(model, tokenizer_dir: Path, dst: Path, info: dict, trainer_state: dict | None) -> None:
     from safetensors.torch import save_file
 
-    dst = Path(dst)
     with atomic_dir(dst) as tmp:
         config = dict(model.config.hf)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -57,7 +81,6 @@ def save_checkpoint(model: torch.nn.Module, tokenizer_dir: Path, dst: Path, info
         (tmp / SCHEDULE_FILE).write_text(json.dumps(info, indent=2) + "\n")
         if trainer_state is not None:
             torch.save(trainer_state, tmp / TRAINER_STATE)
-    return dst
 
 
 def list_checkpoints(out: Path) -> list[tuple[int, Path]]:

@@ -14,6 +14,7 @@ import json
 import math
 import random
 import signal
+import shutil
 import sys
 import threading
 import time
@@ -319,6 +320,17 @@ class Trainer:
         t = torch.tensor([value], device=self.accelerator.device)
         return float(self.accelerator.reduce(t, reduction="mean"))
 
+    def _warn_if_disk_is_short(self) -> None:
+        """Checkpoints on disk at once: the kept ones, the one being written and the final one."""
+        cfg = self.cfg
+        saves = (self.total_steps - self.step) // cfg.save_every if cfg.save_every else 0
+        at_once = (min(cfg.keep_checkpoints, saves) if cfg.keep_checkpoints else saves) + 2
+        size = ckpt.checkpoint_bytes(self.unwrapped)
+        free = shutil.disk_usage(self.out if self.out.exists() else self.out.parent).free
+        if free < at_once * size:
+            print(f"skipdecode train: warning: {free / 1e9:.1f} GB free under {self.out}, and up to {at_once} "
+                  f"checkpoints of ~{size / 1e9:.2f} GB may be on disk at once", file=sys.stderr)
+
     # ---- the loop -----------------------------------------------------------------------------
     def run(self, hooks: Sequence[Callable[["Trainer"], None]] = ()) -> TrainResult:
         """Train to the last step; ``hooks`` run after every step (tests use them)."""
@@ -333,6 +345,8 @@ class Trainer:
                       "config": cfg.to_dict(), **self.info(), "describe": self.sampler.saved().describe()})
             if cfg.eval_every:
                 self.evaluate()
+        if self.is_main:
+            self._warn_if_disk_is_short()
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", file=sys.stderr,
                    disable=not (cfg.progress and self.is_main), dynamic_ncols=True)
         window = {"loss": 0.0, "n": 0, "tokens": 0, "time": 0.0}

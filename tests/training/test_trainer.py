@@ -144,3 +144,32 @@ def test_distillation_kl_is_zero_against_itself_at_full_depth(train_llama, e2e_f
     assert steps[1]["kl"] < 1e-6
     assert steps[3]["kl"] > 1e-3
     assert steps[3]["loss"] == pytest.approx(steps[3]["kl"])  # weight 1: KL only
+
+
+def test_a_full_disk_is_one_line_and_keeps_earlier_checkpoints(train_llama, tmp_path, monkeypatch, capsys):
+    """Saving every step, the disk "fills up" at step 2: the run stops with one line naming the
+    space, checkpoint 1 is intact and no half-written step 2 is left; it warned at the start."""
+    import collections
+    import shutil as shutil_mod
+
+    from skipdecode.training import checkpoint as ckpt
+
+    examples = load_examples([write_e2e(tmp_path / "d.csv", e2e_rows(10))])
+    sampler = lambda L, t: ScheduleSampler.for_range(L, 1, 2, window=8)  # noqa: E731
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil_mod, "disk_usage", lambda p: usage(10**9, 10**9, 1000))  # 1 kB free: warn
+    real_save = torch.save
+
+    def save(obj, path, *a, **k):
+        if "checkpoint-000002" in str(path):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 803465856 vs 803465744")
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
+    trainer = Trainer(config(tmp_path / "run", save_every=1, keep_checkpoints=1), str(train_llama), examples, [],
+                      sampler)
+    with pytest.raises(SkipDecodeError, match=r"checkpoint-000002: could not write the checkpoint: 0.00 GB free"):
+        trainer.run()
+    assert "warning: 0.0 GB free under" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if "checkpoint" in p.name) == ["checkpoint-000001"]
+    assert ckpt.load_trainer_state(tmp_path / "run" / "checkpoint-000001")["step"] == 1
