@@ -71,7 +71,8 @@ class QuantConfig:
     calibration/outliers.py)."""
     smooth_alpha: float | None = None
     """int8-static: SmoothQuant before calibration (calibration/smooth.py): each projection input's
-    per-channel range moves into the weights with this strength (0.5 in the paper); None: off."""
+    per-channel range moves into the weights with this strength; 0: off. None: 0.5 (the paper's)
+    for int8-static, off otherwise."""
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -88,9 +89,11 @@ class QuantConfig:
         if self.calibration_method not in CALIBRATION_METHODS:
             raise SkipDecodeError(f"unknown calibration method {self.calibration_method!r} "
                                   f"(choose from {', '.join(CALIBRATION_METHODS)})")
-        if self.smooth_alpha is not None and not 0 < self.smooth_alpha < 1:
-            raise SkipDecodeError(f"--smooth must be in (0, 1), got {self.smooth_alpha}")
-        if self.smooth_alpha is not None and self.method != "int8-static":
+        if self.smooth_alpha is None:
+            object.__setattr__(self, "smooth_alpha", 0.5 if self.method == "int8-static" else 0.0)
+        if not 0 <= self.smooth_alpha < 1:
+            raise SkipDecodeError(f"--smooth must be in [0, 1) (0: off), got {self.smooth_alpha}")
+        if self.smooth_alpha and self.method != "int8-static":
             raise SkipDecodeError(f"--smooth applies to int8-static (static activation scales), not {self.method}")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise SkipDecodeError(f"accuracy level must be 0-4, got {self.accuracy_level}")
@@ -185,7 +188,7 @@ def _quantize_graph(src: Path, dst: Path, role: str, key, config: QuantConfig, t
 
         sym, feeds = target == "tensorrt", (lambda: shards.feeds(key))
         smoothed = ""
-        if config.smooth_alpha is not None:  # exact in real arithmetic; the shards are
+        if config.smooth_alpha:  # exact in real arithmetic; the shards are
             from skipdecode.calibration.smooth import smooth  # the graph inputs, so they still apply
 
             tmp = dst.with_name(dst.stem + ".smooth.onnx")
@@ -200,7 +203,7 @@ def _quantize_graph(src: Path, dst: Path, role: str, key, config: QuantConfig, t
             excluded, ranges = fallbacks(src, feeds, sym, config.outlier_ratio, config.calibration_method)
         graphs.int8_static(src, dst, feeds, config.per_channel, sym, excluded, dynamic_fallback=not sym,
                            ranges=ranges if config.calibration_method != "minmax" else None)
-        if config.smooth_alpha is not None:
+        if config.smooth_alpha:
             src.unlink()
         done = (f"{smoothed}int8 static QDQ: MatMul weights int8 {'per channel' if config.per_channel else 'per tensor'}, "
                 f"activations {'int8 symmetric' if sym else 'uint8'} from {shards.calls(key)} recorded calls "

@@ -45,7 +45,7 @@ def add_arguments(p):
                    "percentile of the recorded values, clipping rare massive activations (default minmax)")
     p.add_argument("--smooth", type=float, metavar="ALPHA",
                    help="int8-static: SmoothQuant first, moving each projection input's outlier channels into the "
-                   "weights with strength ALPHA in (0, 1) (0.5 is the paper's; default off)")
+                   "weights with strength ALPHA in [0, 1); 0 turns it off (default 0.5, the paper's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt draw (default 0)")
     p.add_argument("--batch-size", type=int, default=8, help="calibration generation batch (default 8)")
     p.add_argument("--max-new-tokens", type=int, default=48, help="decode steps per calibration prompt (default 48)")

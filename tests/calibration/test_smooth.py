@@ -4,6 +4,7 @@ predicted per-channel range, and a massive activation that breaks static int8 is
 from __future__ import annotations
 
 import doctest
+import re
 
 import numpy as np
 import onnx
@@ -116,18 +117,26 @@ def test_a_massive_channel_breaks_static_int8_and_smoothing_undoes_it(shards_of,
     assert before.argmax() == 3 and after.max() < before.max() / 10
 
 
-def test_quantize_export_records_smoothing(shards_of, tmp_path):
+def test_quantize_export_smooths_static_int8_by_default_and_records_it(shards_of, tmp_path):
     folder, shards = shards_of("llama-gqa")
-    m = quantize_export(folder, tmp_path / "q", QuantConfig("int8-static", per_channel=True, smooth_alpha=0.5),
-                        shards, log=lambda s: None)
+    m = quantize_export(folder, tmp_path / "q", QuantConfig("int8-static", per_channel=True), shards, log=lambda s: None)
     assert m["quantization"]["config"]["smooth_alpha"] == 0.5
     assert all(m["quantization"]["graphs"][f"layer {i}"].startswith("SmoothQuant alpha 0.5 on 3 projection inputs")
                for i in range(len(m["graphs"]["layers"])))
     assert not list((tmp_path / "q").glob("*.smooth.onnx"))
+    off = quantize_export(folder, tmp_path / "off", QuantConfig("int8-static", per_channel=True, smooth_alpha=0),
+                          shards, log=lambda s: None)
+    assert off["quantization"]["graphs"]["layer 0"].startswith("int8 static QDQ")
+    assert off["graphs"]["layers"][0]["sha256"] != m["graphs"]["layers"][0]["sha256"]
 
 
 @pytest.mark.parametrize("kwargs,message", [({"method": "int8-dynamic", "smooth_alpha": 0.5}, "applies to int8-static"),
-                                            ({"method": "int8-static", "smooth_alpha": 1.0}, "must be in (0, 1)")])
+                                            ({"method": "int8-static", "smooth_alpha": 1.0}, "must be in [0, 1)")])
 def test_bad_smoothing_is_refused(kwargs, message):
-    with pytest.raises(SkipDecodeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(SkipDecodeError, match=re.escape(message)):
         QuantConfig(**kwargs)
+
+
+def test_smoothing_is_on_for_static_int8_by_default():
+    assert QuantConfig("int8-static").smooth_alpha == 0.5 and QuantConfig("int8-static", smooth_alpha=0).smooth_alpha == 0
+    assert QuantConfig("int8-dynamic").smooth_alpha == 0 and QuantConfig("int4-weight").smooth_alpha == 0
