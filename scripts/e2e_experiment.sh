@@ -47,9 +47,11 @@ elif [ "$what" = eval ]; then
   # 32-step model); the range model is scored under static dropping too.
   case $name in
     1x) runs=("|full||y") ;;
-    2x|5x|3x-pd) runs=("|skipdecode||y") ;;
+    2x|5x) runs=("|skipdecode||y") ;;
+    3x-pd) runs=("|skipdecode-pd||y") ;;
     3x) runs=("|skipdecode||y" "-w26|skipdecode-w26|--speedup 3 --window 26|y") ;;
-    static3x|static3x-d) runs=("|static||y") ;;
+    static3x) runs=("|static||y") ;;
+    static3x-d) runs=("|static-d||y") ;;
     range1-5) runs=("-s1|range|--speedup 1|y" "-s2|range|--speedup 2 --window 32|n" "-s3|range|--speedup 3 --window 32|y"
                     "-s4|range|--speedup 4 --window 32|n" "-s5|range|--speedup 5 --window 32|y"
                     "-static3|range-static|--max-layers 10 --min-layers 10|y") ;;

@@ -27,7 +27,8 @@ from skipdecode.io import atomic_write_text, read_jsonl  # noqa: E402
 
 LABELS = {"full": "full depth (1x model)", "skipdecode": "SkipDecode, one model per target",
           "skipdecode-w26": "SkipDecode 3x model, 26-step window", "static": "static dropping, 10 layers",
-          "range": "SkipDecode any-budget model (1:5)", "range-static": "any-budget model, static 10 layers"}
+          "range": "SkipDecode any-budget model (1:5)", "range-static": "any-budget model, static 10 layers",
+          "skipdecode-pd": "SkipDecode 3x, power decay + distillation", "static-d": "static 10 layers + distillation"}
 """Plot legend per eval --method label."""
 
 
@@ -105,7 +106,8 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-PAIRS = [("1x", "2x"), ("1x", "3x"), ("1x", "5x"), ("static3x", "3x"), ("range1-5-s3", "3x"), ("2x", "range1-5-s2")]
+PAIRS = [("1x", "2x"), ("1x", "3x"), ("1x", "5x"), ("static3x", "3x"), ("range1-5-s3", "3x"), ("2x", "range1-5-s2"),
+         ("3x-pd", "3x"), ("static3x-d", "static3x"), ("static3x-d", "3x-pd")]
 """Comparisons given a confidence interval (eval --out folder names under --reports)."""
 
 
