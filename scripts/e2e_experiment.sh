@@ -18,6 +18,7 @@ if [ "$what" = bench ]; then
   skipdecode bench "${common[@]}" --speedups 2,3,4,5 --window 32 --json out/e2e-bench/linear-w32.json
   skipdecode bench "${common[@]}" --speedups 3 --window 26 --json out/e2e-bench/linear-w26.json
   skipdecode bench "${common[@]}" --speedups 3 --static --json out/e2e-bench/static.json
+  skipdecode bench "${common[@]}" --speedups 3 --window 32 --decay power --json out/e2e-bench/power-w32.json
   exit 0
 fi
 case $name in
