@@ -63,7 +63,9 @@ def build_report(result: EvalResult, *, method: str, backend: str, data: str, da
         "mean_output_tokens": round(result.tokens / max(len(result.rows), 1), 2),
         "finish_reasons": result.finish_reasons(),
         "tokens_per_s": round(result.tokens_per_s, 2),
+        "decode_tokens_per_s": round(result.decode_tokens_per_s, 2),
         "wall_s": round(result.wall_s, 3),
+        "prefill_s": round(result.prefill_s, 3),
         "total_wall_s": None if total_wall_s is None else round(total_wall_s, 3),
         "batch_size": batch_size,
         "max_new_tokens": max_new_tokens,
@@ -111,7 +113,10 @@ def render_markdown(report: dict, outputs: list[dict], examples: int = 8) -> str
         f"| realised layer speedup | {r['layer_speedup']:.2f}x |",
         f"| generated tokens | {r['tokens']} ({r['mean_output_tokens']:.1f} per output) |",
         f"| tokens/s | {r['tokens_per_s']:.1f} |",
-        f"| generation wall time | {r['wall_s']:.1f} s |",
+        *([f"| decode tokens/s (prefill excluded) | {r['decode_tokens_per_s']:.1f} |"]
+          if r.get("decode_tokens_per_s") is not None else []),
+        f"| generation wall time | {r['wall_s']:.1f} s"
+        + (f" ({r['prefill_s']:.1f} s prefill)" if r.get("prefill_s") is not None else "") + " |",
         "",
         f"BLEU signature: `{r['bleu_signature']}`. METEOR: {r.get('meteor_note', '')}.",
         f"Finish reasons: {', '.join(f'{k} {v}' for k, v in sorted(r['finish_reasons'].items()))}.",

@@ -46,6 +46,18 @@ class EvalResult:
     def tokens_per_s(self) -> float:
         return self.tokens / self.wall_s if self.wall_s > 0 else 0.0
 
+    @property
+    def prefill_s(self) -> float:
+        """Wall time of the prompts' full-depth prefill, within ``wall_s``."""
+        return sum(r.prefill_s for r in self.rows)
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Tokens over the decode steps' time alone: where the skip schedule acts (the prefill
+        runs every layer whatever the schedule, so it dilutes the end-to-end speedup)."""
+        decode = self.wall_s - self.prefill_s
+        return self.tokens / decode if decode > 0 else 0.0
+
     def finish_reasons(self) -> dict[str, int]:
         return dict(Counter(r.finish_reason for r in self.rows))
 

@@ -7,6 +7,7 @@ positions are per row, from the padding mask; cache slots are shared.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -42,6 +43,9 @@ class RowResult:
     """Mean n_t over the generated tokens (token t runs n_t layers)."""
     text: str = ""
     prompt: str | None = None
+    prefill_s: float = 0.0
+    """This row's share of its batch's prefill wall time (the batch's seconds / its rows): summed
+    over rows, the prompt processing, so decode-only speed is tokens / (wall - prefill)."""
 
     @property
     def tokens(self) -> int:
@@ -111,7 +115,9 @@ def stream_batch(
     key_mask[:, :P] = mask
     positions = positions_from_mask(mask)  # (B, P)
     all_layers = tuple(range(backend.num_layers))
+    t0 = time.perf_counter()
     logits = backend.forward(ids, positions, key_mask[:, :P], 0, all_layers)  # (B, V)
+    prefill_s = time.perf_counter() - t0
     next_pos = positions[:, -1] + 1  # (B,)
     out: list[list[int]] = [[] for _ in range(B)]
     reason = ["length"] * B
@@ -136,7 +142,7 @@ def stream_batch(
                                  schedule.layers_for_step(t))
         next_pos = next_pos + 1
     yield [
-        RowResult(list(prompts[i]), out[i], reason[i], schedule.mean_layers(len(out[i])))
+        RowResult(list(prompts[i]), out[i], reason[i], schedule.mean_layers(len(out[i])), prefill_s=prefill_s / B)
         for i in range(B)
     ]
 

@@ -127,6 +127,7 @@ def run(args) -> int:
     print(f"{report['method']}: BLEU {report['bleu']:.2f}, ROUGE-L {report['rouge_l']:.2f} on "
           f"{report['num_inputs']} inputs | mean layers {report['mean_layers']:.2f}/{report['num_layers']} "
           f"(realised layer speedup {report['layer_speedup']:.2f}x, target {report['target_speedup']:.2f}x) | "
-          f"{report['tokens']} tokens in {report['wall_s']:.1f} s = {report['tokens_per_s']:.1f} tokens/s | "
+          f"{report['tokens']} tokens in {report['wall_s']:.1f} s = {report['tokens_per_s']:.1f} tokens/s "
+          f"({report['decode_tokens_per_s']:.1f} decoding, after {report['prefill_s']:.1f} s of prefill) | "
           f"wrote {out}/report.json, outputs.jsonl, report.md")
     return 0

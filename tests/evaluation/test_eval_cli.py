@@ -64,6 +64,7 @@ def test_eval_full_depth_matches_transformers_greedy_and_scores_its_outputs(tiny
     assert report["method"] == "full" and report["layer_speedup"] == 1.0 and report["mean_layers"] == 6
     assert report["tokens"] == sum(len(o["token_ids"]) for o in outputs) > 0
     assert report["tokens_per_s"] > 0 and report["wall_s"] > 0
+    assert 0 < report["prefill_s"] < report["wall_s"] and report["decode_tokens_per_s"] > report["tokens_per_s"]
 
 
 def test_eval_scores_100_when_one_reference_is_the_output(tiny_checkpoints, tmp_path):

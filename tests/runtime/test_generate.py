@@ -102,3 +102,21 @@ def test_prompt_too_long_is_refused_before_any_work(tiny_models):
 def test_schedule_for_another_depth_is_refused(tiny_models):
     with pytest.raises(SkipDecodeError, match="6"):
         run(tiny_models["llama"][1].model, PROMPTS, schedule=Schedule.full(30))
+
+
+def test_prefill_time_is_the_prompt_call_shared_across_its_rows(tiny_models, monkeypatch):
+    """On a clock that the prompt call moves by 10 s and each decode call by 1 s, the rows of a
+    batch share exactly its 10 s of prefill (decode calls are not counted)."""
+    from skipdecode.runtime import generate as gen
+
+    clock = [0.0]
+    monkeypatch.setattr(gen.time, "perf_counter", lambda: clock[0])
+
+    class Clocked(TorchBackend):
+        def forward(self, ids, positions, key_mask, slot, layers):
+            clock[0] += 10.0 if slot == 0 else 1.0
+            return super().forward(ids, positions, key_mask, slot, layers)
+
+    rows = generate_ids(Clocked(tiny_models["llama"][1].model), PROMPTS, SKIP,
+                        GenerationConfig(max_new_tokens=6), eos_ids=[2], pad_id=0, batch_size=2)
+    assert [r.prefill_s for r in rows] == [5.0] * 4  # two batches of two rows
