@@ -3,7 +3,7 @@
 # and full depth on SmolLM2-135M. Every run is the same short budget (100 steps of 8 pairs, lr 2e-4,
 # 10 warm-up steps, seed 0) on the E2E dev files with the same held-out MRs (--holdout 0.05, seed 0),
 # and is scored on those held-out MRs only (`skipdecode eval --heldout`), never on the test set.
-#   bash scripts/e2e_levers.sh train NAME   # NAME: base | warmup3 | window26 | power | narrow | distill
+#   bash scripts/e2e_levers.sh train NAME   # NAME: base | warmup3 | window26 | power | narrow | gentle | static | distill
 #   bash scripts/e2e_levers.sh eval NAME    # -> out/levers/NAME/report.json
 # "More steps" and "the any-budget range model" are read from the main runs (scripts/e2e_experiment.sh):
 #   bash scripts/e2e_levers.sh eval-run 1x|3x|static3x|range1-5   # the 300-step models, same held-out MRs
@@ -16,6 +16,8 @@ sched=(--speedup 3 --window 32)
 case $name in
   base) lever=() ;;
   narrow) sched=(--max-layers 13 --min-layers 7 --window 32); lever=() ;;  # 3x with half the decay of 15->5
+  gentle) sched=(--max-layers 12 --min-layers 8 --window 26); lever=() ;;  # 10 layers on average over 26 tokens
+  static) sched=(--max-layers 10 --min-layers 10); lever=() ;;             # the static baseline at this budget
   warmup3) lever=(--warmup-layers 3) ;;     # the paper uses 1 warm-up layer
   window26) lever=(--window 26) ;;          # the 3x model's held-out outputs average 25.7 tokens (out/levers/run-3x)
   power) lever=(--decay power) ;;
