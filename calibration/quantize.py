@@ -188,16 +188,8 @@ def _quantize_graph(src: Path, dst: Path, role: str, key, config: QuantConfig, t
 
         sym, feeds = target == "tensorrt", (lambda: shards.feeds(key))
         smoothed = ""
-        if config.smooth_alpha:  # exact in real arithmetic; the shards are
-            from skipdecode.calibration.smooth import smooth  # the graph inputs, so they still apply
-
-            tmp = dst.with_name(dst.stem + ".smooth.onnx")
-            ratios = smooth(src, tmp, feeds, config.smooth_alpha)
-            src = tmp
-            widest = max(ratios.items(), key=lambda kv: kv[1][0], default=None)
-            smoothed = (f"SmoothQuant alpha {config.smooth_alpha:g} on {len(ratios)} projection inputs"
-                        + (f" (widest {widest[0]}: max |x| {widest[1][0]:.1f} -> {widest[1][1]:.1f})" if widest else "")
-                        + "; ")
+        if config.smooth_alpha:
+            src, smoothed = _smooth(src, dst.with_name(dst.stem + ".smooth.onnx"), feeds, config.smooth_alpha)
         excluded, ranges = {}, None
         if config.outlier_ratio != float("inf") or config.calibration_method != "minmax":
             excluded, ranges = fallbacks(src, feeds, sym, config.outlier_ratio, config.calibration_method)
@@ -215,6 +207,19 @@ def _quantize_graph(src: Path, dst: Path, role: str, key, config: QuantConfig, t
         return done
     graphs.int4_weight(src, dst, config.block_size, config.accuracy_level)
     return f"int4 weight-only MatMulNBits, symmetric, block {config.block_size}, accuracy level {config.accuracy_level}"
+
+
+def _smooth(src: Path, tmp: Path, feeds, alpha: float) -> tuple[Path, str]:
+    """SmoothQuant ``src`` into ``tmp`` (exact in real arithmetic; the shards are the graph's
+    inputs, so they still apply); returns the graph to quantize and what was done."""
+    from skipdecode.calibration.smooth import smooth
+
+    ratios = smooth(src, tmp, feeds, alpha)
+    widest = max(ratios.items(), key=lambda kv: kv[1][0], default=None)
+    note = f"SmoothQuant alpha {alpha:g} on {len(ratios)} projection inputs"
+    if widest:
+        note += f" (widest {widest[0]}: max |x| {widest[1][0]:.1f} -> {widest[1][1]:.1f})"
+    return tmp, note + "; "
 
 
 def quantize_export(export_dir: str | Path, out: str | Path, config: QuantConfig, shards=None,
