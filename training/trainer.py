@@ -326,7 +326,10 @@ class Trainer:
         saves = (self.total_steps - self.step) // cfg.save_every if cfg.save_every else 0
         at_once = (min(cfg.keep_checkpoints, saves) if cfg.keep_checkpoints else saves) + 2
         size = ckpt.checkpoint_bytes(self.unwrapped)
-        free = shutil.disk_usage(self.out if self.out.exists() else self.out.parent).free
+        where = self.out
+        while not where.exists():  # the out folder may not be made yet
+            where = where.parent
+        free = shutil.disk_usage(where).free
         if free < at_once * size:
             print(f"skipdecode train: warning: {free / 1e9:.1f} GB free under {self.out}, and up to {at_once} "
                   f"checkpoints of ~{size / 1e9:.2f} GB may be on disk at once", file=sys.stderr)
