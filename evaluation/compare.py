@@ -18,15 +18,18 @@ def _key(r: dict) -> tuple:
 
 
 def add_measured_speedup(reports: list[dict]) -> list[dict]:
-    """Copies of the reports with ``measured_speedup`` (None where no full-depth baseline exists)."""
-    base = {}
-    for r in reports:
-        if r["method"] == "full" and r["tokens_per_s"] > 0:
-            base.setdefault(_key(r), r["tokens_per_s"])
-    out = []
-    for r in reports:
-        b = base.get(_key(r))
-        out.append({**r, "measured_speedup": round(r["tokens_per_s"] / b, 3) if b else None})
+    """Copies of the reports with ``measured_speedup`` (tokens/s end to end over the full-depth
+    report's) and ``decode_speedup`` (the same for decode-only tokens/s, reports that have it);
+    None where no full-depth baseline exists."""
+    out = [dict(r) for r in reports]
+    for field, name in (("tokens_per_s", "measured_speedup"), ("decode_tokens_per_s", "decode_speedup")):
+        base = {}
+        for r in reports:
+            if r["method"] == "full" and (r.get(field) or 0) > 0:
+                base.setdefault(_key(r), r[field])
+        for r, o in zip(reports, out):
+            b = base.get(_key(r))
+            o[name] = round(r[field] / b, 3) if b and r.get(field) is not None else None
     return out
 
 
@@ -47,6 +50,7 @@ def summary_records(reports: list[dict]) -> list[dict]:
         rows.append({
             "method": r["method"], "backend": r["backend"], "target_speedup": r["target_speedup"],
             "layer_speedup": r["layer_speedup"], "measured_speedup": r["measured_speedup"],
+            "decode_speedup": r["decode_speedup"],
             "bleu": r["bleu"], "rouge_l": r["rouge_l"], "tokens_per_s": r["tokens_per_s"],
             "batch_size": r.get("batch_size"), "num_inputs": r.get("num_inputs"),
             "steps": _steps(r), "model": r.get("model") or r.get("export"),
@@ -59,13 +63,16 @@ def markdown_table(records: list[dict]) -> str:
     def f(v, fmt):
         return "-" if v is None else format(v, fmt)
 
-    lines = ["| method | backend | target | realised layer speedup | measured speedup | BLEU | ROUGE-L | "
-             "tokens/s | batch | inputs | report |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    def x_(v):
+        return "-" if v is None else f"{v:.2f}x"
+
+    lines = ["| method | backend | target | realised layer speedup | measured speedup | decode speedup | BLEU | "
+             "ROUGE-L | tokens/s | batch | inputs | report |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for x in records:
         lines.append(f"| {x['method']} | {x['backend']} | {f(x['target_speedup'], '.2f')}x | "
-                     f"{f(x['layer_speedup'], '.2f')}x | {f(x['measured_speedup'], '.2f')}"
-                     f"{'x' if x['measured_speedup'] is not None else ''} | {f(x['bleu'], '.2f')} | "
+                     f"{f(x['layer_speedup'], '.2f')}x | {x_(x['measured_speedup'])} | {x_(x['decode_speedup'])} | "
+                     f"{f(x['bleu'], '.2f')} | "
                      f"{f(x['rouge_l'], '.2f')} | {f(x['tokens_per_s'], '.1f')} | {f(x['batch_size'], 'd')} | "
                      f"{f(x['num_inputs'], 'd')} | {x['report'] or '-'} |")
     return "\n".join(lines) + "\n"
@@ -120,12 +127,15 @@ def plot(reports: list[dict], path: str | Path, x: str = "layer") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if x not in ("layer", "measured"):
-        raise ValueError(f"x must be 'layer' or 'measured', got {x!r}")
+    xkeys = {"layer": "layer_speedup", "measured": "measured_speedup", "decode": "decode_speedup"}
+    if x not in xkeys:
+        raise ValueError(f"x must be one of {', '.join(xkeys)}, got {x!r}")
     records = summary_records(reports)
-    xkey = "layer_speedup" if x == "layer" else "measured_speedup"
-    if x == "measured" and all(r[xkey] is None for r in records):
-        raise SkipDecodeError("--x measured needs a full-depth report (method full) of the same backend and batch")
+    xkey = xkeys[x]
+    if x != "layer" and all(r[xkey] is None for r in records):
+        raise SkipDecodeError(f"--x {x} needs a full-depth report (method full) of the same backend and batch"
+                              + (" with decode-only tokens/s (eval writes it since report version 2)" if x == "decode"
+                                 else ""))
     several = len({r["backend"] for r in records}) > 1
     curves: dict[str, list[dict]] = {}
     for r in records:
@@ -150,8 +160,9 @@ def plot(reports: list[dict], path: str | Path, x: str = "layer") -> Path:
                                 xytext=(5, 5), fontsize=8, color=cmap(i % 10))
         ax.margins(x=0.08, y=0.1)  # room for the speedup labels at the edges
         ax.set_title(title)
-        ax.set_xlabel("realised layer speedup (L / mean layers run)" if x == "layer"
-                      else "measured speedup (tokens/s over full depth)")
+        ax.set_xlabel({"layer": "realised layer speedup (L / mean layers run)",
+                       "measured": "measured speedup (tokens/s over full depth)",
+                       "decode": "measured decode speedup (decode-only tokens/s over full depth)"}[x])
         ax.set_ylabel(title)
         ax.grid(True, alpha=0.3)
     axes[0].legend(loc="best", fontsize=9)

@@ -14,7 +14,8 @@ from skipdecode.evaluation.runner import EvalResult
 from skipdecode.io import atomic_write_text, read_json, write_jsonl
 from skipdecode.versions import package_versions
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2
+"""2: decode_tokens_per_s and prefill_s (decode-only speed)."""
 REQUIRED = ("method", "backend", "bleu", "rouge_l", "layer_speedup", "target_speedup", "tokens_per_s")
 METHODS = ("full", "skipdecode", "static")
 

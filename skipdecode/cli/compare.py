@@ -9,8 +9,9 @@ import sys
 def add_arguments(p):
     p.add_argument("reports", nargs="+", metavar="REPORT", help="report.json files or eval --out folders")
     p.add_argument("--plot", help="PNG of ROUGE-L and BLEU against speedup, one curve per method")
-    p.add_argument("--x", choices=["layer", "measured"], default="layer",
-                   help="x axis: realised layer speedup (default) or measured tokens/s over full depth")
+    p.add_argument("--x", choices=["layer", "measured", "decode"], default="layer",
+                   help="x axis: realised layer speedup (default), measured tokens/s over full depth, or the "
+                   "same for decode-only tokens/s (prefill excluded)")
     p.add_argument("--json", help="write one flat record per report to this file")
     p.add_argument("--paired", action="store_true",
                    help="also each report's ROUGE-L minus the first report's, with a 95%% paired-bootstrap "

@@ -27,7 +27,7 @@ def write_reports(tmp_path, reports=REPORTS):
     paths = []
     for i, r in enumerate(reports):
         d = tmp_path / f"r{i}"
-        d.mkdir()
+        d.mkdir(parents=True)
         (d / "report.json").write_text(json.dumps(r))
         paths.append(str(d))
     return paths
@@ -36,6 +36,10 @@ def write_reports(tmp_path, reports=REPORTS):
 def test_measured_speedup_is_over_the_full_report_of_the_same_backend_and_batch():
     out = add_measured_speedup(REPORTS + [dict(REPORTS[1], batch_size=32)])
     assert [r["measured_speedup"] for r in out] == [1.0, 2.4, 1.7, 2.7, 1.0, None]
+    assert all(r["decode_speedup"] is None for r in out)  # reports without decode-only tokens/s
+    decode = [dict(REPORTS[0], decode_tokens_per_s=200.0), dict(REPORTS[1], decode_tokens_per_s=500.0),
+              REPORTS[2]]
+    assert [r["decode_speedup"] for r in add_measured_speedup(decode)] == [1.0, 2.5, None]
 
 
 def test_table_lists_every_report_full_first():
@@ -44,7 +48,7 @@ def test_table_lists_every_report_full_first():
     lines = table.splitlines()
     assert len(lines) == 2 + len(REPORTS)
     assert lines[2].startswith("| full |")
-    assert "| skipdecode | onnxruntime | 2.00x | 1.80x | 1.70x | 55.00 | 60.00 |" in table
+    assert "| skipdecode | onnxruntime | 2.00x | 1.80x | 1.70x | - | 55.00 | 60.00 |" in table
     assert [r["steps"] for r in records if r["method"] == "skipdecode"] == [None, 150]
 
 
@@ -64,6 +68,11 @@ def test_compare_cli_writes_table_json_and_a_readable_plot(tmp_path, capsys):
     assert image.shape[0] > 300 and image.shape[1] > 800
     assert main(["compare", *paths, "--plot", str(tmp_path / "m.png"), "--x", "measured"]) == 0
     assert (tmp_path / "m.png").stat().st_size > 10_000
+    assert main(["compare", *paths, "--plot", str(tmp_path / "d.png"), "--x", "decode"]) == 2  # no decode figures
+    assert "--x decode needs a full-depth report" in capsys.readouterr().err
+    with_decode = write_reports(tmp_path / "dec", [dict(r, decode_tokens_per_s=2 * r["tokens_per_s"]) for r in REPORTS])
+    assert main(["compare", *with_decode, "--plot", str(tmp_path / "d.png"), "--x", "decode"]) == 0
+    assert (tmp_path / "d.png").stat().st_size > 10_000 and "| 2.40x | 2.40x |" in capsys.readouterr().out
 
 
 def test_compare_refuses_what_is_not_a_report(tmp_path, capsys):
