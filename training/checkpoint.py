@@ -48,8 +48,7 @@ def save_checkpoint(model: torch.nn.Module, tokenizer_dir: Path, dst: Path, info
     try:
         _write(model, tokenizer_dir, dst, info, trainer_state)
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as "unexpected pos ..."
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        free, need = shutil.disk_usage(dst.parent).free, checkpoint_bytes(model, trainer_state is not None)
+        free, need = free_bytes(dst), checkpoint_bytes(model, trainer_state is not None)
         if getattr(e, "errno", None) != errno.ENOSPC and free >= 1.25 * need:  # not (evidently) a full disk
             raise
         raise SkipDecodeError(
@@ -57,6 +56,14 @@ def save_checkpoint(model: torch.nn.Module, tokenizer_dir: Path, dst: Path, info
             f"~{need / 1e9:.2f} GB ({type(e).__name__}); earlier checkpoints are intact: free space (or lower "
             "--keep-checkpoints) and re-run with --resume") from None
     return dst
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the disk that holds ``path`` (its nearest existing folder: it may not be made yet)."""
+    path = Path(path)
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
 
 
 def checkpoint_bytes(model: torch.nn.Module, with_state: bool = True) -> int:

@@ -14,7 +14,6 @@ import json
 import math
 import random
 import signal
-import shutil
 import sys
 import threading
 import time
@@ -326,10 +325,7 @@ class Trainer:
         saves = (self.total_steps - self.step) // cfg.save_every if cfg.save_every else 0
         at_once = (min(cfg.keep_checkpoints, saves) if cfg.keep_checkpoints else saves) + 2
         size = ckpt.checkpoint_bytes(self.unwrapped)
-        where = self.out
-        while not where.exists():  # the out folder may not be made yet
-            where = where.parent
-        free = shutil.disk_usage(where).free
+        free = ckpt.free_bytes(self.out)
         if free < at_once * size:
             print(f"skipdecode train: warning: {free / 1e9:.1f} GB free under {self.out}, and up to {at_once} "
                   f"checkpoints of ~{size / 1e9:.2f} GB may be on disk at once", file=sys.stderr)
