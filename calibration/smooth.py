@@ -14,7 +14,6 @@ input channel. ``1 / s`` is folded into whatever produces ``x``, so the graph ga
 Inputs whose producer is nonlinear (``o_proj`` after attention, OPT's ``fc2`` after ReLU/GELU) or
 is read by anything but the projections are left alone. ``max|x_j|`` comes from the recorded
 calibration calls: under the deployment schedule, the channels the skipped steps really light up.
-
 """
 
 from __future__ import annotations
