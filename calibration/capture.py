@@ -261,15 +261,19 @@ class ShardSet:
             return sum(1 + s["decode_calls"].get(key, 0) for s in self.index["shards"])
         return sum(1 + s["decode_steps"] for s in self.index["shards"])
 
-    def feeds(self, graph: str | int, valid_only: bool = True) -> Iterator[dict[str, np.ndarray]]:
+    def feeds(self, graph: str | int, valid_only: bool = True, phase: str | None = None
+              ) -> Iterator[dict[str, np.ndarray]]:
         """Every recorded call's inputs of ``graph``, prefill first, in the order they ran.
 
         ``valid_only`` (what calibration wants): only what carries a real token. The prefill is
         split into one feed per row without its padding columns, and decode calls keep only the
         rows still generating (an ended row is fed padding). Those are the same computations
         for the real tokens (a row attends only to its own keys). ``valid_only=False``: the
-        calls exactly as they ran, padding and ended rows included.
+        calls exactly as they ran, padding and ended rows included. ``phase`` "prefill" or
+        "decode": only that phase's calls.
         """
+        if phase not in (None, "prefill", "decode"):
+            raise ValueError(f"phase must be prefill, decode or None, got {phase!r}")
         key = graph_key(graph)
         layer = key.startswith("layer_")
         for s in self.index["shards"]:
@@ -279,11 +283,15 @@ class ShardSet:
                 kv = {n: z[f"{key}/{n}"] for n in KV_INPUTS} if f"{key}/past_key" in z.files else None
             if not pre:
                 continue
-            if not valid_only:
+            if phase == "decode":
+                pass
+            elif not valid_only:
                 yield self._with_past(pre, kv)
             else:
                 for b, n in enumerate(s["prompt_lengths"]):
                     yield self._with_past(_prefill_row(pre, b, n, layer, self.kind), _rows(kv, [b]))
+            if phase == "prefill":
+                continue
             live = np.array(s["live_decode_calls"])
             calls = [t for t, run in enumerate(s["steps"]) if not layer or int(key[6:]) in run]
             for i in range(len(dec.get("hidden", ()))):

@@ -120,6 +120,7 @@ def run(args) -> int:
     if q.get("check"):
         c = q["check"]
         line += (f" | vs fp32, teacher-forced on {c['prompts']} prompts x {c['new_tokens']} tokens: top-1 agreement "
-                 f"{100 * c['top1_agreement']:.1f}%, max |logit diff| {c['max_abs_logit_diff']:.3f}")
+                 f"{100 * c['top1_agreement']:.1f}%, mean KL {c['mean_kl']:.4f} nats, "
+                 f"max |logit diff| {c['max_abs_logit_diff']:.3f}")
     print(f"{line} | wrote {out}", file=sys.stderr)
     return 0

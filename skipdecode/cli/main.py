@@ -19,6 +19,7 @@ COMMANDS = {
     "run": ("run", "serve an export with ONNX Runtime or TensorRT (no torch needed)"),
     "build-engines": ("build_engines", "build TensorRT engines from a --target tensorrt export"),
     "calibrate": ("calibrate", "quantize an export (int8 dynamic/static, int4) calibrated under the skip schedule"),
+    "divergence": ("divergence", "KL divergence of quantized exports from their fp32 source, paired between them"),
     "eval": ("eval", "score generations against references (BLEU, ROUGE-L) with the realised speedup"),
     "compare": ("compare", "compare eval reports: a table and a quality-vs-speedup plot"),
     "bench": ("bench", "decode tokens/s per backend, batch size and speedup vs ideal and baselines"),

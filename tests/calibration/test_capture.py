@@ -120,6 +120,14 @@ def test_valid_only_feeds_drop_padding_and_ended_rows(tiny_export, train_csv, tm
                np.array_equal(f["seqlens_k"], raw[1 + t]["seqlens_k"][rows]))
     np.testing.assert_allclose(sess.run(["hidden_out"], one)[0], sess.run(["hidden_out"], raw[1 + t])[0][rows],
                                rtol=1e-5, atol=1e-5)
+    for only in (True, False):  # one phase at a time: the same calls, split where the prefill ends
+        every = list(shards.feeds(2, valid_only=only))
+        split = list(shards.feeds(2, only, phase="prefill")), list(shards.feeds(2, only, phase="decode"))
+        assert [len(p) for p in split] == [4 if only else 1, len(every) - (4 if only else 1)]
+        for a, b in zip(every, split[0] + split[1]):
+            np.testing.assert_array_equal(a["hidden"], b["hidden"])
+    with pytest.raises(ValueError, match="phase"):
+        next(shards.feeds(2, phase="generate"))
 
 
 def test_prompts_are_seeded_distinct_and_never_the_test_set(train_csv, tmp_path):

@@ -114,7 +114,7 @@ def test_check_is_recorded_in_the_manifest(tiny_export, tmp_path):
     m = quantize_export(folder, tmp_path / "q", QuantConfig("int8-dynamic"), check_prompts=[[5, 6, 7], [9, 10]],
                         check_tokens=5)
     c = m["quantization"]["check"]
-    assert c["prompts"] == 2 and c["steps"] == 10 and 0 <= c["top1_agreement"] <= 1
+    assert c["prompts"] == 2 and c["steps"] == 10 and 0 <= c["top1_agreement"] <= 1 and c["mean_kl"] > 0
     assert json.loads((tmp_path / "q" / "manifest.json").read_text())["quantization"]["check"] == c
 
 
