@@ -19,7 +19,9 @@ def add_arguments(p):
     p.add_argument("--limit", type=int, help="only the first N distinct prompts")
     p.add_argument("--new-tokens", type=int, default=32,
                    help="steps per prompt at most; each stops after the fp32 export's end-of-sequence (default 32)")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per lockstep batch (default 8)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="prompts per lockstep batch (default 8); per-call (dynamic) activation scales span the "
+                   "batch, so a dynamic export's scores depend on it")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
     p.add_argument("--json", help="write the per-prompt scores here, after each export; a re-run with the same "
                    "reference, prompts and schedule reuses the exports it already holds")
@@ -28,7 +30,8 @@ def add_arguments(p):
 
 def _settings(args, schedule, inputs) -> dict:
     return {"reference": str(Path(args.reference).resolve()), "data": str(Path(args.data).resolve()),
-            "schedule": schedule.to_dict(), "new_tokens": args.new_tokens, "inputs": inputs}
+            "schedule": schedule.to_dict(), "new_tokens": args.new_tokens, "batch_size": args.batch_size,
+            "inputs": inputs}
 
 
 def _previous(path: str | None, settings: dict) -> dict:
