@@ -41,32 +41,38 @@ def kl_rows(ref_logits: np.ndarray, other_logits: np.ndarray) -> np.ndarray:
 def prompt_divergence(ref, other, prompts: Sequence[Sequence[int]], schedule: Schedule, new_tokens: int,
                       eos_ids: Sequence[int], batch_size: int = 8, progress=None) -> list[dict]:
     """Per prompt, in order: {"tokens": steps scored, "kl": mean KL (nats), "top1": share of
-    steps where ``other``'s greedy token is ``ref``'s}."""
+    steps where ``other``'s greedy token is ``ref``'s, "kl_steps": each step's KL (step 0 is the
+    prefill's prediction, step t + 1 decode step t of the schedule)}."""
     rows = []
     for i in range(0, len(prompts), batch_size):
         batch = prompts[i:i + batch_size]
-        kl, agree = np.zeros(len(batch)), np.zeros(len(batch))  # (B,) sums over live steps
-        steps = np.zeros(len(batch), np.int64)
+        kl, agree = [], []  # per step: (B,), NaN / False once a row has ended
         live = np.ones(len(batch), bool)
         for _, lr, lq in lockstep(ref, other, batch, schedule, new_tokens):
             top = lr.argmax(-1)  # (B,)
-            kl += np.where(live, kl_rows(lr, lq), 0.0)
-            agree += live & (lq.argmax(-1) == top)
-            steps += live
+            kl.append(np.where(live, kl_rows(lr, lq), np.nan))
+            agree.append(live & (lq.argmax(-1) == top))
             live &= ~np.isin(top, eos_ids)
             if not live.any():
                 break
-        rows += [{"tokens": int(n), "kl": float(k / n), "top1": float(a / n)} for n, k, a in zip(steps, kl, agree)]
+        kl_a, agree_a = np.array(kl), np.array(agree)  # (steps, B)
+        for b in range(len(batch)):
+            k = kl_a[:, b][~np.isnan(kl_a[:, b])]
+            rows.append({"tokens": len(k), "kl": float(k.mean()), "top1": float(agree_a[:len(k), b].mean()),
+                         "kl_steps": [round(float(x), 7) for x in k]})
         if progress:
             progress(len(batch))
     return rows
 
 
 def summary(rows: list[dict]) -> dict:
-    """Means over prompts (each prompt weighs the same, as in the paired bootstrap), tokens summed."""
+    """Means over prompts (each prompt weighs the same, as in the paired bootstrap), tokens summed;
+    ``kl_by_step``: the mean KL at each step over the prompts still going."""
+    steps = max(r["tokens"] for r in rows)
+    by_step = [float(np.mean([r["kl_steps"][t] for r in rows if r["tokens"] > t])) for t in range(steps)]
     return {"prompts": len(rows), "tokens": sum(r["tokens"] for r in rows),
             "mean_kl": float(np.mean([r["kl"] for r in rows])),
-            "top1_agreement": float(np.mean([r["top1"] for r in rows]))}
+            "top1_agreement": float(np.mean([r["top1"] for r in rows])), "kl_by_step": by_step}
 
 
 def paired(a: list[dict], b: list[dict], inputs: Sequence[str], metric: str = "kl") -> tuple[float, float, float]:

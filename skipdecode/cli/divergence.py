@@ -48,6 +48,7 @@ def _previous(path: str | None, settings: dict) -> dict:
 
 
 def run(args) -> int:
+    import numpy as np
     from tqdm import tqdm
 
     from skipdecode.calibration.divergence import paired, prompt_divergence, summary
@@ -99,6 +100,13 @@ def run(args) -> int:
     for e in args.exports:
         s = scores[str(Path(e).resolve())]["summary"]
         print(f"| {e} | {s['prompts']} | {s['tokens']} | {s['mean_kl']:.5f} | {100 * s['top1_agreement']:.2f}% |")
+    spans = [(a, min(a + 8, args.new_tokens)) for a in range(0, args.new_tokens, 8)]
+    print("\n| export | " + " | ".join(f"KL, steps {a}-{b - 1}" for a, b in spans) + " |\n|---|"
+          + "---|" * len(spans))
+    for e in args.exports:
+        k = scores[str(Path(e).resolve())]["summary"].get("kl_by_step", [])
+        print(f"| {e} | " + " | ".join(f"{np.mean(k[a:b]):.5f}" if k[a:b] else "-" for a, b in spans) + " |")
+    print("(step 0: the prefill's prediction, at full depth; step t: decode step t - 1 of the schedule)\n")
     first = scores[str(Path(args.exports[0]).resolve())]
     for e in args.exports[1:]:
         s = scores[str(Path(e).resolve())]

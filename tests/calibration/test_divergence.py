@@ -58,6 +58,10 @@ def test_zero_against_itself_positive_when_quantized_and_batched_equals_single(q
     single = prompt_divergence(ref, quant, prompts, SCHEDULE, 8, [], batch_size=1)
     assert summary(batched)["mean_kl"] > 1e-6
     assert [r["tokens"] for r in batched] == [r["tokens"] for r in single]
+    assert all(len(r["kl_steps"]) == 8 and r["kl"] == pytest.approx(np.mean(r["kl_steps"]), abs=1e-6)
+               for r in batched)
+    by_step = summary(batched)["kl_by_step"]
+    assert len(by_step) == 8 and by_step[3] == pytest.approx(np.mean([r["kl_steps"][3] for r in batched]))
     np.testing.assert_allclose([r["kl"] for r in batched], [r["kl"] for r in single], rtol=1e-3, atol=1e-7)
     d, lo, hi = paired(batched, same, [str(p) for p in prompts])
     assert lo <= d <= hi and d == pytest.approx(summary(batched)["mean_kl"])
@@ -73,6 +77,8 @@ def test_each_prompt_is_scored_up_to_the_references_end_of_sequence(quantized, t
     first = [int(np.flatnonzero(greedy[:, b] == eos)[0]) + 1 if (greedy[:, b] == eos).any() else 8 for b in (0, 1)]
     rows = prompt_divergence(ref, OnnxRuntimeBackend(q, threads=1), prompts, SCHEDULE, 8, [eos], batch_size=2)
     assert [r["tokens"] for r in rows] == first and first[0] <= 4
+    assert [len(r["kl_steps"]) for r in rows] == first
+    assert len(summary(rows)["kl_by_step"]) == max(first)
 
 
 def test_cli_pairs_exports_resumes_and_warns(quantized, tiny_export, train_csv, tmp_path, capsys):
@@ -81,7 +87,7 @@ def test_cli_pairs_exports_resumes_and_warns(quantized, tiny_export, train_csv, 
             "--window", "4", "--threads", "1", "--json", str(tmp_path / "d.json")]
     assert main(base[:2] + [str(q), str(folder)] + base[2:]) == 0
     out = capsys.readouterr()
-    assert "| mean KL (nats) |" in out.out and "95% interval" in out.out
+    assert "| mean KL (nats) |" in out.out and "95% interval" in out.out and "KL, steps 0-5" in out.out
     saved = json.loads((tmp_path / "d.json").read_text())
     assert len(saved["inputs"]) == 10 and saved["schedule"]["max_layers"] < 6
     rows = saved["exports"][str(folder.resolve())]["rows"]
