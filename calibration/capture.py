@@ -254,12 +254,12 @@ class ShardSet:
     def samples(self) -> int:
         return self.index["samples"]
 
-    def calls(self, graph: str | int) -> int:
-        """How many calls of ``graph`` the shards hold (prefills and decode steps)."""
+    def calls(self, graph: str | int, phase: str | None = None) -> int:
+        """How many calls of ``graph`` the shards hold: prefills and decode steps, or one ``phase``'s."""
         key = graph_key(graph)
-        if key.startswith("layer_"):
-            return sum(1 + s["decode_calls"].get(key, 0) for s in self.index["shards"])
-        return sum(1 + s["decode_steps"] for s in self.index["shards"])
+        shards = self.index["shards"]
+        decode = sum(s["decode_calls"].get(key, 0) if key.startswith("layer_") else s["decode_steps"] for s in shards)
+        return {None: len(shards) + decode, "prefill": len(shards), "decode": decode}[phase]
 
     def feeds(self, graph: str | int, valid_only: bool = True, phase: str | None = None
               ) -> Iterator[dict[str, np.ndarray]]:

@@ -74,6 +74,12 @@ class QuantConfig:
     per-channel range moves into the weights with this strength; 0: off. None: 0.5 (the paper's)
     for int8-static, off otherwise."""
 
+    split_phases: bool = False
+    """int8-static: each layer's graph calibrated on prefill calls only, plus a decode graph
+    (``layer_NNN.decode.onnx``, the manifest entry's ``decode``) calibrated on the decode steps
+    alone, for every layer the schedule runs while decoding. One static range no longer has to
+    span the full-depth prompt and the skipped steps; the export grows by those layers' weights."""
+
     def __post_init__(self):
         if self.method not in METHODS:
             raise SkipDecodeError(f"unknown method {self.method!r} (choose from {', '.join(METHODS)})")
@@ -95,6 +101,8 @@ class QuantConfig:
             raise SkipDecodeError(f"--smooth must be in [0, 1) (0: off), got {self.smooth_alpha}")
         if self.smooth_alpha and self.method != "int8-static":
             raise SkipDecodeError(f"--smooth applies to int8-static (static activation scales), not {self.method}")
+        if self.split_phases and self.method != "int8-static":
+            raise SkipDecodeError(f"--split-phases applies to int8-static (calibrated scales), not {self.method}")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise SkipDecodeError(f"accuracy level must be 0-4, got {self.accuracy_level}")
 
@@ -139,6 +147,9 @@ def check_inputs(manifest: dict, config: QuantConfig, source: Path, has_data: bo
                               f"(run `skipdecode export --target {target}` first)")
     if target == "tensorrt" and config.method != "int8-static":
         raise SkipDecodeError(f"--target tensorrt takes int8-static (explicit Q/DQ graphs), not {config.method}")
+    if target == "tensorrt" and config.split_phases:
+        raise SkipDecodeError("--split-phases: the TensorRT runtime builds one engine per layer; "
+                              "decode graphs are for the onnxruntime target")
     if config.needs_data and not has_data:
         raise SkipDecodeError(f"{config.method} needs calibration data: --data (a training file of task prompts "
                               "or a calibration folder)")
@@ -168,8 +179,10 @@ def _graph_entry(folder: Path, name: str, model) -> dict:
             "op_types": op_counts(model)}
 
 
-def _quantize_graph(src: Path, dst: Path, role: str, key, config: QuantConfig, target: str, shards) -> str:
-    """Write the quantized graph to ``dst``; returns what was done, for the manifest."""
+def _quantize_graph(src: Path, dst: Path, role: str, key, config: QuantConfig, target: str, shards,
+                    phase: str | None = None) -> str:
+    """Write the quantized graph to ``dst`` (calibrated on ``phase``'s calls, default all);
+    returns what was done, for the manifest."""
     from skipdecode.calibration import graphs
 
     m = config.method
@@ -186,7 +199,7 @@ def _quantize_graph(src: Path, dst: Path, role: str, key, config: QuantConfig, t
     if m == "int8-static":
         from skipdecode.calibration.outliers import fallbacks
 
-        sym, feeds = target == "tensorrt", (lambda: shards.feeds(key))
+        sym, feeds = target == "tensorrt", (lambda: shards.feeds(key, phase=phase))
         smoothed = ""
         if config.smooth_alpha:
             src, smoothed = _smooth(src, dst.with_name(dst.stem + ".smooth.onnx"), feeds, config.smooth_alpha)
@@ -198,8 +211,8 @@ def _quantize_graph(src: Path, dst: Path, role: str, key, config: QuantConfig, t
         if config.smooth_alpha:
             src.unlink()
         done = (f"{smoothed}int8 static QDQ: MatMul weights int8 {'per channel' if config.per_channel else 'per tensor'}, "
-                f"activations {'int8 symmetric' if sym else 'uint8'} from {shards.calls(key)} recorded calls "
-                f"({config.calibration_method})")
+                f"activations {'int8 symmetric' if sym else 'uint8'} from {shards.calls(key, phase)} recorded "
+                f"{phase + ' ' if phase else ''}calls ({config.calibration_method})")
         if excluded:
             instead = "kept fp32" if sym else "int8 dynamic"
             done += (f"; {instead} where one static scale costs > {config.outlier_ratio:g}x the per-call rounding "
@@ -264,10 +277,20 @@ def quantize_export(export_dir: str | Path, out: str | Path, config: QuantConfig
             else:
                 if len(entry["sha256"]) > 1:
                     raise SkipDecodeError(f"{source / name}: graphs with external data are not supported here")
-                done = _quantize_graph(source / name, tmp / name, kind, key, config, target, shards)
+                split = config.split_phases and kind == "layer"
+                done = _quantize_graph(source / name, tmp / name, kind, key, config, target, shards,
+                                       "prefill" if split else None)
                 qm = onnx.load(tmp / name)
                 counts = check_contract(onnx.load(source / name), qm, role)
                 new = {**_graph_entry(tmp, name, qm), "precision": f"{done} [{', '.join(quantized_ops(counts))}]"}
+                if split and shards.calls(key, "decode"):
+                    dname = name.removesuffix(".onnx") + ".decode.onnx"
+                    ddone = _quantize_graph(source / name, tmp / dname, kind, key, config, target, shards, "decode")
+                    dm = onnx.load(tmp / dname)
+                    dcounts = check_contract(onnx.load(source / name), dm, role)
+                    new["decode"] = {**_graph_entry(tmp, dname, dm),
+                                     "precision": f"{ddone} [{', '.join(quantized_ops(dcounts))}]"}
+                    done += f"; decode steps: {dname}"
             entries[role] = new
             choices[role] = new["precision"]
         for f in [*src_m.get("tokenizer_files", []), SCHEDULE_FILE]:

@@ -25,7 +25,11 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def graph_entries(manifest: dict) -> list[tuple[str, dict]]:
-    """(role, entry) for every graph: ('embed', ...), ('layer 0', ...), ..., ('lm_head', ...)."""
+    """(role, entry) for every graph: ('embed', ...), ('layer 0', ...), ..., ('lm_head', ...).
+
+    A layer entry may carry ``decode``: an entry of its own for a graph with the same contract
+    that decode steps run instead (``skipdecode calibrate --split-phases``: activation scales
+    calibrated on decode steps alone); backends that do not know it run the main graph."""
     g = manifest["graphs"]
     return [("embed", g["embed"])] + [(f"layer {i}", e) for i, e in enumerate(g["layers"])] + [("lm_head", g["lm_head"])]
 
@@ -52,7 +56,7 @@ def load_manifest(export_dir: str | Path, verify: bool = True) -> dict:
     if len(m["graphs"]["layers"]) != m.get("num_layers"):
         raise SkipDecodeError(f"{file}: {len(m['graphs']['layers'])} layer graphs listed, num_layers is {m.get('num_layers')}")
     if verify:
-        for role, e in entries:
+        for role, e in entries + [(f"{r} (decode)", e["decode"]) for r, e in entries if e.get("decode")]:
             for name, digest in e["sha256"].items():
                 path = root / name
                 if not path.is_file():

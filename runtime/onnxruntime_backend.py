@@ -64,6 +64,8 @@ class OnnxRuntimeBackend:
         try:
             self.embed = make(g["embed"])
             self.layers = [make(e) for e in g["layers"]]
+            # decode steps run a layer's decode graph where the export has one (same contract)
+            self.decode_layers = [make(e["decode"]) if e.get("decode") else s for e, s in zip(g["layers"], self.layers)]
             self.head = make(g["lm_head"])
         except Exception as e:  # ORT raises its own exception types for unreadable graphs
             raise SkipDecodeError(f"{self.dir}: cannot load the export ({str(e).splitlines()[0]})") from None
@@ -107,10 +109,11 @@ class OnnxRuntimeBackend:
         self.out = {"logits": np.zeros((B, V), np.float32), "next_token": np.zeros(B, np.int64),
                     "topk_values": np.zeros((B, K), np.float32), "topk_ids": np.zeros((B, K), np.int64)}
         self.out_ov = {n: self._ov(a) for n, a in self.out.items()}
-        self.decode = self._bindings(1)
+        self.decode = self._bindings(1, self.decode_layers)
 
-    def _bindings(self, S: int) -> dict:
-        """Buffers and IOBindings for S new tokens per row (decode: S = 1, made once per batch)."""
+    def _bindings(self, S: int, sessions: list | None = None) -> dict:
+        """Buffers and IOBindings for S new tokens per row (decode: S = 1, made once per batch),
+        bound to ``sessions`` (default: the main layer graphs)."""
         B = self.batch
         st = {
             "ids": np.zeros((B, S), np.int64), "pos": np.zeros((B, S), np.int64),
@@ -127,7 +130,8 @@ class OnnxRuntimeBackend:
         eb.bind_ortvalue_input("positions", ov["pos"])
         eb.bind_ortvalue_output("hidden", hid[0])
         st["embed"] = eb
-        st["layers"] = [[self._layer_binding(l, hid[p], hid[1 - p], ov["pos"], st) for p in (0, 1)]
+        st["sessions"] = sessions or self.layers
+        st["layers"] = [[self._layer_binding(st["sessions"][l], l, hid[p], hid[1 - p], ov["pos"], st) for p in (0, 1)]
                         for l in range(self.num_layers)]
         heads = []
         for p in (0, 1):
@@ -140,8 +144,8 @@ class OnnxRuntimeBackend:
         st["head"] = heads
         return st
 
-    def _layer_binding(self, l: int, src, dst, pos, st):
-        b = self.layers[l].io_binding()
+    def _layer_binding(self, session, l: int, src, dst, pos, st):
+        b = session.io_binding()
         b.bind_ortvalue_input("hidden", src)
         b.bind_ortvalue_input("past_key", self.k_ov[l])
         b.bind_ortvalue_input("past_value", self.v_ov[l])
@@ -176,7 +180,7 @@ class OnnxRuntimeBackend:
         for l in layers:
             if self.capture is not None:
                 self.capture(l, self._layer_feeds(l, st, p))
-            self.layers[l].run_with_iobinding(st["layers"][l][p])
+            st["sessions"][l].run_with_iobinding(st["layers"][l][p])
             if self.kind == "standard":
                 self._scatter(l, st, S)
             p = 1 - p

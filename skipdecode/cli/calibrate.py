@@ -46,6 +46,10 @@ def add_arguments(p):
     p.add_argument("--smooth", type=float, metavar="ALPHA",
                    help="int8-static: SmoothQuant first, moving each projection input's outlier channels into the "
                    "weights with strength ALPHA in [0, 1); 0 turns it off (default 0.5, the paper's)")
+    p.add_argument("--split-phases", action="store_true",
+                   help="int8-static: calibrate each layer graph on prefill calls only and write a decode graph "
+                   "(layer_NNN.decode.onnx) calibrated on the decode steps alone, for the layers the schedule runs "
+                   "while decoding (onnxruntime; the export grows by those layers)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt draw (default 0)")
     p.add_argument("--batch-size", type=int, default=8, help="calibration generation batch (default 8)")
     p.add_argument("--max-new-tokens", type=int, default=48, help="decode steps per calibration prompt (default 48)")
@@ -75,7 +79,8 @@ def run(args) -> int:
     source, out = Path(args.export), Path(args.out)
     manifest = load_manifest(source)
     config = QuantConfig(args.method, args.target, args.per_channel, args.head, args.embed, args.block_size,
-                         args.accuracy_level, args.outlier_ratio, args.calibration_method, args.smooth)
+                         args.accuracy_level, args.outlier_ratio, args.calibration_method, args.smooth,
+                         args.split_phases)
     if args.check_prompts < 0 or args.check_tokens < 1:
         raise SkipDecodeError("--check-prompts must be >= 0 and --check-tokens >= 1")
     data = Path(args.data).resolve() if args.data else None
@@ -114,7 +119,9 @@ def run(args) -> int:
     m = quantize_export(source, out, config, shards, args.overwrite, check, args.check_tokens, args.threads,
                         data=str(data) if data else None)
     q = m["quantization"]
-    size = sum(e["bytes"] for e in [m["graphs"]["embed"], m["graphs"]["lm_head"], *m["graphs"]["layers"]])
+    g = m["graphs"]
+    size = sum(e["bytes"] for e in [g["embed"], g["lm_head"], *g["layers"], *(e["decode"] for e in g["layers"]
+                                                                               if e.get("decode"))])
     line = (f"{args.method}: {q['source']['bytes'] / 1e6:.1f} MB -> {size / 1e6:.1f} MB of graphs "
             f"in {q['seconds']:.1f} s")
     if q.get("check"):

@@ -33,6 +33,9 @@ def test_calibrate_then_run_bench_and_eval(tiny_export, train_csv, tmp_path, cap
     assert main(args + ["--overwrite", "--calibration-schedule", "full"]) == 0  # another schedule: captured again
     err = capsys.readouterr().err
     assert "capturing calibration data: 4 prompts under full depth" in err and "warning" not in err
+    assert main(args + ["--overwrite", "--split-phases"]) == 0  # run, bench and eval below take decode graphs
+    layers = json.loads((out / "manifest.json").read_text())["graphs"]["layers"]
+    assert layers[0]["decode"]["file"] == "layer_000.decode.onnx" and (out / "layer_000.decode.onnx").is_file()
 
     assert main(["run", "--export", str(out), *RUN]) == 0
     rows = [json.loads(l) for l in capsys.readouterr().out.splitlines()]

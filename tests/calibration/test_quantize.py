@@ -17,6 +17,7 @@ from skipdecode.calibration.graphs import check_contract
 from skipdecode.calibration.quantize import QuantConfig, quantize_export
 from skipdecode.errors import SkipDecodeError
 from skipdecode.runtime import GenerationConfig, generate_ids
+from skipdecode.runtime.lockstep import lockstep
 from skipdecode.runtime.manifest import load_manifest
 from skipdecode.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from skipdecode.schedule import Schedule
@@ -183,15 +184,63 @@ def test_static_scales_cover_every_recorded_call(tiny_export, train_csv, tmp_pat
     shards = ShardSet(tmp_path / "calib")
     assert shards.calls(0) > 40
     m = quantize_export(folder, tmp_path / "q", QuantConfig("int8-static", smooth_alpha=0), shards)  # raw inputs
-    quant = onnx.load(tmp_path / "q" / m["graphs"]["layers"][0]["file"])
-    inits = {i.name: onnx.numpy_helper.to_array(i) for i in quant.graph.initializer}
-    probe = onnx.load(folder / "layer_000.onnx")  # the fp32 layer with every MatMul input as an output
+    _scale_matches_range(tmp_path / "q" / m["graphs"]["layers"][0]["file"], folder / "layer_000.onnx",
+                         shards.feeds(0))
+
+
+def _scale_matches_range(graph, probe_src, feeds, names_expected=4):
+    """Every uint8 activation scale of ``graph`` is the MinMax range of ``feeds`` (fp32 ``probe_src``)."""
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(graph).graph.initializer}
+    probe = onnx.load(probe_src)
     names = list(dict.fromkeys(n.input[0] for n in probe.graph.node if n.op_type == "MatMul"))
-    assert len(names) == 4  # qkv, o_proj, gate/up (one input), down
+    assert len(names) == names_expected
     probe.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
     sess = ort.InferenceSession(probe.SerializeToString())
-    values = [sess.run(names, f) for f in shards.feeds(0)]
+    values = [sess.run(names, f) for f in feeds]
     for i, name in enumerate(names):
         lo = min(0.0, min(float(v[i].min()) for v in values))
         hi = max(0.0, max(float(v[i].max()) for v in values))
-        np.testing.assert_allclose(inits[name + "_scale"], (hi - lo) / 255, rtol=1e-5, err_msg=name)  # uint8 MinMax
+        np.testing.assert_allclose(inits[name + "_scale"], (hi - lo) / 255, rtol=1e-5, err_msg=name)
+
+
+def test_split_phases_calibrate_prefill_and_decode_graphs_on_their_own_calls(tiny_export, train_csv, tmp_path):
+    folder, _, _ = tiny_export("llama-gqa")
+    schedule = Schedule(6, 4, 2, window=6)  # decode runs layer 0 and the top 3..1: layers 1 and 2 never
+    capture(folder, calibration_prompts(train_csv, 8), schedule, tmp_path / "calib", CaptureConfig(8, 0, 4, 10),
+            show_progress=False)
+    shards = ShardSet(tmp_path / "calib")
+    out = tmp_path / "q"
+    config = QuantConfig("int8-static", smooth_alpha=0, outlier_ratio=float("inf"), split_phases=True)
+    m = quantize_export(folder, out, config, shards)
+    layers = m["graphs"]["layers"]
+    assert [l for l, e in enumerate(layers) if e.get("decode")] == [0, 3, 4, 5]
+    assert [l for l in range(6) if shards.calls(l, "decode")] == [0, 3, 4, 5]
+    assert "prefill calls" in layers[0]["precision"] and "decode calls" in layers[0]["decode"]["precision"]
+    _scale_matches_range(out / layers[0]["file"], folder / "layer_000.onnx", shards.feeds(0, phase="prefill"))
+    _scale_matches_range(out / layers[0]["decode"]["file"], folder / "layer_000.onnx", shards.feeds(0, phase="decode"))
+    assert json.loads((out / "manifest.json").read_text())["graphs"]["layers"][3]["decode"] == layers[3]["decode"]
+
+    # the runtime runs the decode graphs on decode steps only: the prefill's logits are the same as
+    # with the prefill graphs everywhere, the decode steps' are not
+    split, main_only = OnnxRuntimeBackend(out), OnnxRuntimeBackend(out)
+    main_only.decode_layers = main_only.layers
+    tok = Tokenizer.from_dir(out)
+    prompts = [tok.encode(p) for p in calibration_prompts(train_csv, 10, seed=3)[:3]]
+    steps = list(lockstep(split, main_only, prompts, schedule, 6))
+    np.testing.assert_array_equal(steps[0][1], steps[0][2])
+    assert any(not np.array_equal(a, b) for _, a, b in steps[1:])
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(out, tampered)
+    with open(tampered / layers[4]["decode"]["file"], "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(SkipDecodeError, match=r"layer 4 \(decode\) graph does not match its SHA-256"):
+        load_manifest(tampered)
+
+
+def test_split_phases_is_refused_where_it_cannot_apply(tiny_export):
+    with pytest.raises(SkipDecodeError, match="applies to int8-static"):
+        QuantConfig("int8-dynamic", split_phases=True)
+    trt, _, _ = tiny_export("llama-trt")
+    with pytest.raises(SkipDecodeError, match="decode graphs are for the onnxruntime target"):
+        quantize_export(trt, trt.parent / "never", QuantConfig("int8-static", split_phases=True))
