@@ -222,6 +222,19 @@ def _quantize_graph(src: Path, dst: Path, role: str, key, config: QuantConfig, t
     return f"int4 weight-only MatMulNBits, symmetric, block {config.block_size}, accuracy level {config.accuracy_level}"
 
 
+def _quantized_entry(src: Path, folder: Path, name: str, role: str, key, config: QuantConfig, target: str,
+                     shards, phase: str | None) -> dict:
+    """Quantize ``src`` into ``folder / name``, check its contract; its manifest entry."""
+    import onnx
+
+    from skipdecode.calibration.graphs import check_contract, quantized_ops
+
+    done = _quantize_graph(src, folder / name, role.split()[0], key, config, target, shards, phase)
+    model = onnx.load(folder / name)
+    counts = check_contract(onnx.load(src), model, role)
+    return {**_graph_entry(folder, name, model), "precision": f"{done} [{', '.join(quantized_ops(counts))}]"}
+
+
 def _smooth(src: Path, tmp: Path, feeds, alpha: float) -> tuple[Path, str]:
     """SmoothQuant ``src`` into ``tmp`` (exact in real arithmetic; the shards are the graph's
     inputs, so they still apply); returns the graph to quantize and what was done."""
@@ -243,10 +256,7 @@ def quantize_export(export_dir: str | Path, out: str | Path, config: QuantConfig
     ``check_prompts``: token-id prompts for the agreement check against the fp32 export
     (teacher-forced greedy under the export's own schedule), recorded in the manifest.
     """
-    import onnx
     from tqdm import tqdm
-
-    from skipdecode.calibration.graphs import check_contract, quantized_ops
 
     log = log or (lambda s: print(s, file=sys.stderr))
     source, out = Path(export_dir), Path(out)
@@ -278,19 +288,12 @@ def quantize_export(export_dir: str | Path, out: str | Path, config: QuantConfig
                 if len(entry["sha256"]) > 1:
                     raise SkipDecodeError(f"{source / name}: graphs with external data are not supported here")
                 split = config.split_phases and kind == "layer"
-                done = _quantize_graph(source / name, tmp / name, kind, key, config, target, shards,
-                                       "prefill" if split else None)
-                qm = onnx.load(tmp / name)
-                counts = check_contract(onnx.load(source / name), qm, role)
-                new = {**_graph_entry(tmp, name, qm), "precision": f"{done} [{', '.join(quantized_ops(counts))}]"}
+                quantize = lambda out_name, phase: _quantized_entry(  # noqa: E731
+                    source / name, tmp, out_name, role, key, config, target, shards, phase)
+                new = quantize(name, "prefill" if split else None)
                 if split and shards.calls(key, "decode"):
-                    dname = name.removesuffix(".onnx") + ".decode.onnx"
-                    ddone = _quantize_graph(source / name, tmp / dname, kind, key, config, target, shards, "decode")
-                    dm = onnx.load(tmp / dname)
-                    dcounts = check_contract(onnx.load(source / name), dm, role)
-                    new["decode"] = {**_graph_entry(tmp, dname, dm),
-                                     "precision": f"{ddone} [{', '.join(quantized_ops(dcounts))}]"}
-                    done += f"; decode steps: {dname}"
+                    new["decode"] = quantize(name.removesuffix(".onnx") + ".decode.onnx", "decode")
+                    new["precision"] += f"; decode steps run {new['decode']['file']}"
             entries[role] = new
             choices[role] = new["precision"]
         for f in [*src_m.get("tokenizer_files", []), SCHEDULE_FILE]:

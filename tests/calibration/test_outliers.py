@@ -18,7 +18,7 @@ def test_doctests():
 def test_a_massive_activation_makes_its_matmul_fall_back(tmp_path):
     """Two projections of one input x: x @ A directly, and (x * gain) @ B where one channel of one
     token is huge (a massive activation); only the second falls back."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.normal(size=(8, 4)).astype(np.float32), n)
