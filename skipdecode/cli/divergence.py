@@ -114,4 +114,6 @@ def run(args) -> int:
         ratio = s["summary"]["mean_kl"] / max(first["summary"]["mean_kl"], 1e-12)
         print(f"KL {e} minus {args.exports[0]}: {d:+.5f} ({ratio:.2f}x), 95% interval [{lo:+.5f}, {hi:+.5f}] "
               f"over {len(inputs)} prompts (paired bootstrap)")
+        d, lo, hi = (100 * v for v in paired(s["rows"], first["rows"], inputs, "top1"))
+        print(f"top-1 agreement {e} minus {args.exports[0]}: {d:+.2f} points, 95% interval [{lo:+.2f}, {hi:+.2f}]")
     return 0

@@ -88,6 +88,7 @@ def test_cli_pairs_exports_resumes_and_warns(quantized, tiny_export, train_csv, 
     assert main(base[:2] + [str(q), str(folder)] + base[2:]) == 0
     out = capsys.readouterr()
     assert "| mean KL (nats) |" in out.out and "95% interval" in out.out and "KL, steps 0-5" in out.out
+    assert "top-1 agreement" in out.out and "points, 95% interval" in out.out
     saved = json.loads((tmp_path / "d.json").read_text())
     assert len(saved["inputs"]) == 10 and saved["schedule"]["max_layers"] < 6
     rows = saved["exports"][str(folder.resolve())]["rows"]
