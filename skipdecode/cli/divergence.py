@@ -48,10 +48,9 @@ def _previous(path: str | None, settings: dict) -> dict:
 
 
 def run(args) -> int:
-    import numpy as np
     from tqdm import tqdm
 
-    from skipdecode.calibration.divergence import paired, prompt_divergence, summary
+    from skipdecode.calibration.divergence import prompt_divergence, summary
     from skipdecode.calibration.quantize import export_schedule
     from skipdecode.evaluation.data import load_examples
     from skipdecode.io import atomic_write_text
@@ -96,24 +95,33 @@ def run(args) -> int:
         scores[key] = {"summary": summary(rows), "rows": rows}
         if args.json:
             atomic_write_text(args.json, json.dumps({**settings, "exports": {**done, **scores}}, indent=1) + "\n")
+    _report(args.exports, scores, inputs, args.new_tokens)
+    return 0
+
+
+def _report(exports: list[str], scores: dict, inputs: list[str], new_tokens: int) -> None:
+    """The summary table, KL by 8-step span, and each export against the first (paired)."""
+    import numpy as np
+
+    from skipdecode.calibration.divergence import paired
+
     print("| export | prompts | tokens | mean KL (nats) | top-1 agreement |\n|---|---|---|---|---|")
-    for e in args.exports:
+    for e in exports:
         s = scores[str(Path(e).resolve())]["summary"]
         print(f"| {e} | {s['prompts']} | {s['tokens']} | {s['mean_kl']:.5f} | {100 * s['top1_agreement']:.2f}% |")
-    spans = [(a, min(a + 8, args.new_tokens)) for a in range(0, args.new_tokens, 8)]
+    spans = [(a, min(a + 8, new_tokens)) for a in range(0, new_tokens, 8)]
     print("\n| export | " + " | ".join(f"KL, steps {a}-{b - 1}" for a, b in spans) + " |\n|---|"
           + "---|" * len(spans))
-    for e in args.exports:
+    for e in exports:
         k = scores[str(Path(e).resolve())]["summary"].get("kl_by_step", [])
         print(f"| {e} | " + " | ".join(f"{np.mean(k[a:b]):.5f}" if k[a:b] else "-" for a, b in spans) + " |")
     print("(step 0: the prefill's prediction, at full depth; step t: decode step t - 1 of the schedule)\n")
-    first = scores[str(Path(args.exports[0]).resolve())]
-    for e in args.exports[1:]:
+    first = scores[str(Path(exports[0]).resolve())]
+    for e in exports[1:]:
         s = scores[str(Path(e).resolve())]
         d, lo, hi = paired(s["rows"], first["rows"], inputs)
         ratio = s["summary"]["mean_kl"] / max(first["summary"]["mean_kl"], 1e-12)
-        print(f"KL {e} minus {args.exports[0]}: {d:+.5f} ({ratio:.2f}x), 95% interval [{lo:+.5f}, {hi:+.5f}] "
+        print(f"KL {e} minus {exports[0]}: {d:+.5f} ({ratio:.2f}x), 95% interval [{lo:+.5f}, {hi:+.5f}] "
               f"over {len(inputs)} prompts (paired bootstrap)")
         d, lo, hi = (100 * v for v in paired(s["rows"], first["rows"], inputs, "top1"))
-        print(f"top-1 agreement {e} minus {args.exports[0]}: {d:+.2f} points, 95% interval [{lo:+.2f}, {hi:+.2f}]")
-    return 0
+        print(f"top-1 agreement {e} minus {exports[0]}: {d:+.2f} points, 95% interval [{lo:+.2f}, {hi:+.2f}]")
