@@ -283,11 +283,9 @@ class ShardSet:
                 kv = {n: z[f"{key}/{n}"] for n in KV_INPUTS} if f"{key}/past_key" in z.files else None
             if not pre:
                 continue
-            if phase == "decode":
-                pass
-            elif not valid_only:
+            if phase != "decode" and not valid_only:
                 yield self._with_past(pre, kv)
-            else:
+            elif phase != "decode":
                 for b, n in enumerate(s["prompt_lengths"]):
                     yield self._with_past(_prefill_row(pre, b, n, layer, self.kind), _rows(kv, [b]))
             if phase == "prefill":

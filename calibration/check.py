@@ -45,10 +45,10 @@ def agreement(fp32_dir: str | Path, quant_dir: str | Path, prompts: Sequence[Seq
     parts = [teacher_forced(ref, quant, prompts[i:i + batch_size], schedule, new_tokens)
              for i in range(0, len(prompts), batch_size)]
     steps = sum(p["steps"] for p in parts)
-    mean = lambda k: round(sum(p[k] * p["steps"] for p in parts) / steps, 4)  # noqa: E731
+    mean = lambda k, digits=4: round(sum(p[k] * p["steps"] for p in parts) / steps, digits)  # noqa: E731
     return {"prompts": len(prompts), "new_tokens": new_tokens, "schedule": schedule.describe(), "steps": steps,
             "top1_agreement": mean("top1_agreement"), "first_token_agreement": mean("first_token_agreement"),
-            "mean_kl": round(sum(p["mean_kl"] * p["steps"] for p in parts) / steps, 6),
+            "mean_kl": mean("mean_kl", 6),
             "max_abs_logit_diff": max(p["max_abs_logit_diff"] for p in parts),
             "mean_max_abs_logit_diff": mean("mean_max_abs_logit_diff"),
             "max_rel_logit_diff": max(p["max_rel_logit_diff"] for p in parts)}

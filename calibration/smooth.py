@@ -118,6 +118,11 @@ def _up_columns(mul, producer, inits, uses, const_mm, channels) -> list[str]:
     return []
 
 
+def weight_max(site: Site, weights: dict[str, np.ndarray]) -> np.ndarray:
+    """max |W_j| per input channel (C,) over every projection reading ``site``'s activation."""
+    return np.max([np.abs(weights[w]).max(axis=1) for w in site.weights], axis=0)
+
+
 def channel_max(src: Path, feeds, names: list[str]) -> dict[str, np.ndarray]:
     """activation -> max |x_j| over every token of every recorded call, per channel (C,)."""
     out: dict[str, np.ndarray] = {}
@@ -142,9 +147,8 @@ def smooth(src: Path, dst: Path, feeds, alpha: float) -> dict[str, tuple[float, 
     arr = lambda n: numpy_helper.to_array(inits[n]).astype(np.float64)  # noqa: E731
     report = {}
     for site in found:
-        wmax = np.max([np.abs(arr(w)).max(axis=1) for w in site.weights], axis=0)  # (C,)
         a = amax[site.activation]
-        s = scales(a, wmax, alpha)
+        s = scales(a, weight_max(site, {w: arr(w) for w in site.weights}), alpha)
         for w in site.weights:
             _set(inits[w], arr(w) * s[:, None])
         for v in site.fold_vectors:

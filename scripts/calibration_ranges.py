@@ -29,7 +29,7 @@ import onnx
 
 from skipdecode.calibration.capture import ShardSet
 from skipdecode.calibration.outliers import weight_matmuls
-from skipdecode.calibration.smooth import channel_max, scales, sites
+from skipdecode.calibration.smooth import channel_max, scales, sites, weight_max
 from skipdecode.io import atomic_write_text
 
 
@@ -37,7 +37,7 @@ def phase_channel_max(src: Path, shards: ShardSet, layer: int, names: list[str],
                       ) -> tuple[dict[str, np.ndarray], int]:
     """(activation -> max |x_j| per channel (C,) over ``phase``'s calls, decode steps that ran the
     layer); nothing if none did."""
-    steps = shards.calls(layer) - len(shards.index["shards"])  # every shard holds one prefill
+    steps = shards.calls(layer, "decode")
     if phase == "decode" and steps == 0:
         return {}, 0
     return channel_max(src, lambda: shards.feeds(layer, phase=phase), names), steps
@@ -50,8 +50,7 @@ def smoothed_clip(model: onnx.ModelProto, deploy: dict, full: dict, alpha: float
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     out = {}
     for site in sites(model):
-        wmax = np.max([np.abs(inits[w]).max(axis=1) for w in site.weights], axis=0)  # (C,)
-        s = scales(full[site.activation], wmax, alpha)
+        s = scales(full[site.activation], weight_max(site, inits), alpha)
         out[site.activation] = float((deploy[site.activation] / s).max() / (full[site.activation] / s).max())
     return out
 
