@@ -1,0 +1,187 @@
+"""The engine's first phase: which requests run this step, in which KV rows, through which layers.
+
+The output is plain data (vLLM v1's SchedulerOutput): moves that keep the rows ordered by depth,
+one prefill of newcomers over their own row range, one decode of every running row. Two policies:
+
+- ``continuous``: a request is admitted as soon as a KV row is free; finished rows leave at once.
+- ``static``: a batch is admitted only when the engine is empty, and rows that finish keep their
+  row (fed padding under the batch's schedule) until the whole batch ends: the batcher this
+  engine replaces, kept as a benchmark baseline and for calibration's fixed-shape shards.
+
+KV rows and positions are counted before admission: a request whose prompt and new tokens do not
+fit one row is refused when added; one that fits waits for a free row. Nothing overflows mid-flight.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from skipdecode.runtime.backend import Range
+from skipdecode.runtime.feeds import right_pad
+from skipdecode.runtime.request import Request
+from skipdecode.runtime.sampling import SamplingConfig
+from skipdecode.runtime.slots import layer_ranges, place
+from skipdecode.schedule import Schedule
+
+POLICIES = ("continuous", "static")
+
+
+class RequestState:
+    """A request inside the engine."""
+
+    def __init__(self, request: Request, schedule: Schedule, rng: np.random.Generator, text, arrival: float):
+        self.request = request
+        self.id = request.request_id
+        self.schedule = schedule
+        self.rng = rng
+        self.text = text  # TextStream | None
+        self.arrival_s = arrival
+        self.first_token_s = 0.0
+        self.finish_s = 0.0
+        self.prefill_s = 0.0
+        self.out: list[int] = []
+        self.row: int | None = None
+        self.finish_reason: str | None = None
+        self.cancelled = False
+        self.fed = 0
+        """Generated tokens fed back through the layers so far (a held row keeps counting)."""
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.request.prompt_ids)
+
+    @property
+    def step(self) -> int:
+        """t of the next token fed through the layers (while running: the newest generated one)."""
+        return self.fed
+
+    @property
+    def position(self) -> int:
+        return self.prompt_len + self.step
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return self.request.sampling
+
+
+@dataclass
+class Prefill:
+    start: int
+    requests: list[RequestState]
+    ids: np.ndarray  # (n, S) int64, right-padded
+    lengths: np.ndarray  # (n,) int64
+    layers: tuple[int, ...]
+
+
+@dataclass
+class Decode:
+    requests: list[RequestState]
+    """In KV row order: request i sits in row i."""
+    ids: np.ndarray  # (B,) int64
+    positions: np.ndarray  # (B,) int64
+    layer_sets: list[tuple[int, ...]]
+    ranges: list[Range]
+
+
+@dataclass
+class Move:
+    src: list[int]
+    dst: list[int]
+    length: int
+    layers: tuple[int, ...]
+
+
+@dataclass
+class StepPlan:
+    move: Move | None = None
+    prefill: Prefill | None = None
+    decode: Decode | None = None
+    finished: list[RequestState] = field(default_factory=list)
+    """Requests dropped before this step (cancelled): they need a result, not a call."""
+
+    @property
+    def empty(self) -> bool:
+        return self.prefill is None and self.decode is None
+
+
+class Scheduler:
+    def __init__(self, num_layers: int, max_rows: int, max_len: int, pad_id: int, policy: str = "continuous",
+                 max_prefill_tokens: int | None = None):
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        self.num_layers, self.max_rows, self.max_len, self.pad_id = num_layers, max_rows, max_len, pad_id
+        self.policy = policy
+        self.max_prefill_tokens = max_prefill_tokens
+        """At most this many (padded) prompt tokens per prefill call; one request always fits."""
+        self.waiting: deque[RequestState] = deque()
+        self.running: list[RequestState] = []
+        """Admitted and not yet released, in no particular order (rows say where they are)."""
+
+    # ---- the plan -----------------------------------------------------------------------------
+    def schedule(self) -> StepPlan:
+        plan = StepPlan()
+        gone = [r for r in self.running if r.cancelled and self.policy == "continuous"]
+        for r in gone:
+            self.release(r)
+        plan.finished = gone
+        decoding = self.running
+        if decoding:
+            plan.move = self._place(decoding)
+            decoding = sorted(decoding, key=lambda r: r.row)
+            sets = [r.schedule.layers_for_step(r.step) for r in decoding]
+            ids = np.array([self.pad_id if r.finish_reason else r.out[-1] for r in decoding], np.int64)
+            plan.decode = Decode(decoding, ids, np.array([r.position for r in decoding], np.int64), sets,
+                                 layer_ranges(sets, self.num_layers))
+        plan.prefill = self._admit(len(decoding))
+        return plan
+
+    def _place(self, rows: Sequence[RequestState]) -> Move | None:
+        """Order the decoding rows by depth in rows [0, len(rows)) with as few moves as possible."""
+        depths = [len(r.schedule.layers_for_step(r.step)) for r in rows]
+        target = place(depths, [r.row for r in rows])
+        moved = [(r.row, t, r) for r, t in zip(rows, target) if r.row != t]
+        for r, t in zip(rows, target):
+            r.row = t
+        if not moved:
+            return None
+        layers = sorted({l for *_, r in moved for l in r.schedule.layers_for_step(r.step)})
+        return Move([s for s, _, _ in moved], [t for _, t, _ in moved], max(r.position for *_, r in moved),
+                    tuple(layers))
+
+    def _admit(self, first_free: int) -> Prefill | None:
+        if not self.waiting or (self.policy == "static" and self.running):
+            return None
+        free = self.max_rows - first_free
+        batch: list[RequestState] = []
+        longest = 0
+        while self.waiting and len(batch) < free:
+            r = self.waiting[0]
+            if r.cancelled:
+                self.waiting.popleft()
+                continue
+            S = max(longest, r.prompt_len)
+            if batch and self.max_prefill_tokens and (len(batch) + 1) * S > self.max_prefill_tokens:
+                break
+            if batch and self.policy == "static":
+                # held rows keep decoding until the longest request ends: every row must fit that
+                need = S + max(x.request.max_new_tokens for x in (*batch, r))
+                if need > self.max_len:
+                    break
+            batch.append(self.waiting.popleft())
+            longest = S
+        if not batch:
+            return None
+        for i, r in enumerate(batch):
+            r.row = first_free + i
+            self.running.append(r)
+        ids, lengths = right_pad([r.request.prompt_ids for r in batch], self.pad_id)
+        return Prefill(first_free, batch, ids, lengths, tuple(range(self.num_layers)))
+
+    # ---- bookkeeping --------------------------------------------------------------------------
+    def release(self, r: RequestState) -> None:
+        self.running.remove(r)
+        r.row = None
