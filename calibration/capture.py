@@ -81,30 +81,40 @@ def calibration_prompts(path: str | Path, samples: int, seed: int = 0, fmt: str 
 class Recorder:
     """A Backend wrapper over an ``OnnxRuntimeBackend`` that writes one shard per batch.
 
-    It sets the backend's ``capture`` hook; the generation loop drives it like any backend.
+    It sets the backend's ``capture`` hook and learns the phase from prefill/decode; the engine
+    drives it like any backend, under the static policy (fixed rows per batch, so each graph's
+    decode calls stack into one array per shard).
     """
 
     def __init__(self, backend, folder: Path):
         self.inner = backend
         self.name, self.num_layers, self.max_positions = backend.name, backend.num_layers, backend.max_positions
+        self.calls, self.capture = backend.calls, None
         self.folder = folder
         self.kind = backend.kind
         self.shards: list[dict] = []
         self._calls: dict[str, dict] | None = None
         backend.capture = self._on_call
 
-    def allocate(self, batch_size: int, max_len: int) -> None:
+    def allocate(self, rows: int, max_len: int) -> None:
         self.flush()  # before the backend may reuse (and overwrite) the buffers
-        self.inner.allocate(batch_size, max_len)
-        self._calls, self._kv, self._steps = {}, {}, []
+        self.inner.allocate(rows, max_len)
+        self._calls = None
 
-    def forward(self, input_ids, positions, key_mask, slot, layers):
-        self._phase = "prefill" if slot == 0 else "decode"
-        if slot == 0:
-            self._lengths = np.asarray(key_mask).sum(1).tolist()
-        else:
-            self._steps.append(tuple(int(l) for l in layers))
-        return self.inner.forward(input_ids, positions, key_mask, slot, layers)
+    def prefill(self, start, ids, lengths, layers):
+        self.flush()  # a new static batch reuses the rows: keep the last one's KV first
+        self._calls, self._kv, self._steps = {}, {}, []
+        self._phase = "prefill"
+        self._lengths = [int(n) for n in lengths]
+        return self.inner.prefill(start, ids, lengths, layers)
+
+    def decode(self, ids, positions, ranges):
+        self._phase = "decode"
+        self._steps.append(tuple(l for l, (a, b) in enumerate(ranges) if a < b))
+        return self.inner.decode(ids, positions, ranges)
+
+    def move(self, src, dst, length, layers):
+        raise RuntimeError("calibration records static batches, whose rows never move")
 
     def _on_call(self, graph, feeds: dict[str, np.ndarray]) -> None:
         key = graph_key(graph)
@@ -190,7 +200,7 @@ def capture(export_dir: str | Path, prompts: Sequence[str], schedule: Schedule, 
         with tqdm(total=len(ids), desc="calibration data", unit="prompt", file=sys.stderr,
                   disable=not show_progress) as bar:
             rows = generate_ids(rec, ids, schedule, GenerationConfig(config.max_new_tokens), tok.eos_ids,
-                                tok.pad_id, config.batch_size, progress=bar.update)
+                                tok.pad_id, config.batch_size, progress=bar.update, policy="static")
         rec.flush()
         _mark_live_rows(rec.shards, ids, rows, config.batch_size)
         m = backend.manifest

@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from skipdecode.errors import SkipDecodeError
+from skipdecode.runtime.feeds import decode_feeds, prefill_feeds
 from skipdecode.runtime.manifest import graph_entries, load_manifest
 
 TOLERANCE = {"float32": 1e-4, "float16": 2e-2}
@@ -88,25 +89,25 @@ def _ort_layer(sess, kind: str, x: np.ndarray, lens, extra: np.ndarray, manifest
     k, v = np.zeros(shape, dt), np.zeros(shape, dt)
     lens = np.asarray(lens)
     results = []
-    for step, (h, start, S_) in enumerate([(x, np.zeros(B, np.int64), S), (extra, lens, 1)]):
-        new_len = start + (lens if step == 0 else 1)
+    for step, (h, f) in enumerate([(x, prefill_feeds(lens, S)), (extra, decode_feeds(lens))]):
         if kind == "gqa":
-            feed = {"hidden": h.astype(dt), "past_key": k, "past_value": v,
-                    "seqlens_k": (new_len - 1).astype(np.int32),
-                    "total_sequence_length": np.array(S if step == 0 else new_len.max(), np.int32)}
+            feed = {"hidden": h.astype(dt), "past_key": k, "past_value": v, "seqlens_k": f.seqlens_k,
+                    "total_sequence_length": np.array(f.total_sequence_length, np.int32)}
             if feeds is not None:
                 feeds.append({n: a.copy() for n, a in feed.items()})
             out, k, v = sess.run(None, feed)
         else:
-            pos = start[:, None] + np.arange(S_)[None]
+            pos = np.ascontiguousarray(f.positions)
             feed = {"hidden": h.astype(dt), "past_key": k, "past_value": v,
-                    "write_index": start.astype(np.int32), "positions": pos.astype(np.int64)}
+                    "write_index": f.write_index, "positions": pos}
             if feeds is not None:
                 feeds.append({n: a.copy() for n, a in feed.items()})
             out, nk, nv = sess.run(None, feed)
+            S_ = pos.shape[1]
             for b in range(B):
-                k[b, :, start[b]:start[b] + S_] = nk[b]
-                v[b, :, start[b]:start[b] + S_] = nv[b]
+                w = int(f.write_index[b])
+                k[b, :, w:w + S_] = nk[b]
+                v[b, :, w:w + S_] = nv[b]
         results.append(out)
     return results[0], results[1], k, v
 

@@ -1,5 +1,11 @@
 """The PyTorch reference as a runtime backend: it plugs into runtime/'s interface from the
-model side, so the runtime never imports torch."""
+model side, so the runtime never imports torch.
+
+KV rows are right-padded like the exported graphs' (row r's position p at index p), and every
+call runs a contiguous range of rows, so the reference checks the engine's bookkeeping exactly as
+the ONNX Runtime and TensorRT backends do: a layer asked to write a position it has not reached,
+or one it already holds, raises.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ import numpy as np
 import torch
 
 from skipdecode.models.base import SkipLM
+from skipdecode.runtime.backend import Range
+from skipdecode.runtime.feeds import check_capacity
 
 
 class TorchBackend:
@@ -17,20 +25,85 @@ class TorchBackend:
     def __init__(self, model: SkipLM):
         self.model = model
         self.num_layers = model.num_layers
-        c = model.config
-        self.max_positions = c.max_position_embeddings
+        self.max_positions = model.config.max_position_embeddings
         self.device = next(model.parameters()).device
-        self.cache = None
-        self.layer_calls: list[tuple[int, tuple[int, ...]]] = []
-        """(slot, layers) of every forward, for tests that count layer calls."""
+        self.capture = None
+        self.calls: list[tuple] = []
 
-    def allocate(self, batch_size: int, max_len: int) -> None:
-        self.cache = self.model.new_cache(batch_size, max_len)
-        self.layer_calls.clear()
+    def allocate(self, rows: int, max_len: int) -> None:
+        c, p = self.model.config, next(self.model.parameters())
+        shape = (rows, c.num_kv_heads, max_len, c.head_dim)  # (R, H_kv, T, D)
+        self.k = [torch.zeros(shape, dtype=p.dtype, device=self.device) for _ in range(self.num_layers)]
+        self.v = [torch.zeros(shape, dtype=p.dtype, device=self.device) for _ in range(self.num_layers)]
+        self.lengths = np.zeros((self.num_layers, rows), np.int64)  # keys held, per layer and row
+        self.max_len = max_len
+        self.calls = []
 
-    def forward(self, input_ids: np.ndarray, positions: np.ndarray, key_mask: np.ndarray,
-                slot: int, layers: Sequence[int]) -> np.ndarray:
-        t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device)  # noqa: E731
-        self.layer_calls.append((slot, tuple(layers)))
-        logits = self.model.forward_step(t(input_ids), t(positions), t(key_mask), self.cache, slot, layers)
-        return logits.float().cpu().numpy()  # (B, V)
+    def _t(self, a) -> torch.Tensor:
+        return torch.tensor(np.asarray(a), device=self.device)
+
+    @torch.inference_mode()
+    def prefill(self, start: int, ids: np.ndarray, lengths: np.ndarray, layers: Sequence[int]) -> np.ndarray:
+        n, S = ids.shape
+        check_capacity(S, self.max_len)
+        rows = slice(start, start + n)
+        self.calls.append(("prefill", (start, start + n), tuple(layers)))
+        pos = self._t(np.broadcast_to(np.arange(S), (n, S)))  # (n, S)
+        hidden = self.model.embed(self._t(ids), pos)  # (n, S, hidden)
+        rope = self.model.rope(pos)
+        valid = self._t(np.arange(S)[None, :] < np.asarray(lengths)[:, None])  # (n, S) real keys
+        causal = torch.ones(S, S, dtype=torch.bool, device=self.device).tril()
+        mask = (valid[:, None, :] & causal[None]) | torch.eye(S, dtype=torch.bool, device=self.device)[None]
+        mask = mask[:, None]  # (n, 1, S, S): a padding query sees itself, so no row is all-masked
+        self.lengths[:, rows] = 0
+        for l in layers:
+            def kv(k, v, l=l):  # k, v: (n, H_kv, S, D)
+                self.k[l][rows, :, :S], self.v[l][rows, :, :S] = k, v
+                return k, v
+            hidden = self.model.decoder_layers[l](hidden, rope, mask, kv)
+            self.lengths[l, rows] = lengths
+        last = hidden[torch.arange(n), self._t(np.asarray(lengths) - 1)]  # (n, hidden)
+        return self.model.head(last).float().cpu().numpy()  # (n, V)
+
+    @torch.inference_mode()
+    def decode(self, ids: np.ndarray, positions: np.ndarray, ranges: Sequence[Range]) -> np.ndarray:
+        B = len(ids)
+        self.calls.append(("decode", [tuple(r) for r in ranges]))
+        check_capacity(int(np.max(positions)) + 1, self.max_len)
+        pos = self._t(np.asarray(positions)[:, None])  # (B, 1)
+        hidden = self.model.embed(self._t(np.asarray(ids)[:, None]), pos)  # (B, 1, hidden)
+        rope = self.model.rope(pos)
+        for l, (a, b) in enumerate(ranges):
+            if a == b:
+                continue
+            p = np.asarray(positions[a:b])
+            held = self.lengths[l, a:b]
+            if not np.array_equal(held, p):
+                bad = int(np.flatnonzero(held != p)[0])
+                raise RuntimeError(f"layer {l} row {a + bad} holds {held[bad]} keys but is asked to write position "
+                                   f"{p[bad]}: a skipped layer ran again (KV would be recomputed)")
+            T = int(p.max()) + 1
+            idx = self._t(np.arange(b - a))
+            pt = self._t(p)
+            mask = (torch.arange(T, device=self.device)[None, :] <= pt[:, None])[:, None, None]  # (n, 1, 1, T)
+
+            def kv(k, v, l=l, a=a, b=b, T=T, idx=idx, pt=pt):  # k, v: (n, H_kv, 1, D)
+                self.k[l][a + idx, :, pt] = k[:, :, 0]
+                self.v[l][a + idx, :, pt] = v[:, :, 0]
+                return self.k[l][a:b, :, :T], self.v[l][a:b, :, :T]
+
+            part_rope = None if rope is None else tuple(r[a:b] for r in rope)
+            out = self.model.decoder_layers[l](hidden[a:b], part_rope, mask, kv)
+            hidden = torch.cat([hidden[:a], out, hidden[b:]])
+            self.lengths[l, a:b] += 1
+        return self.model.head(hidden[:, 0]).float().cpu().numpy()  # (B, V)
+
+    def move(self, src: Sequence[int], dst: Sequence[int], length: int, layers: Sequence[int]) -> None:
+        self.calls.append(("move", list(src), list(dst), length, tuple(layers)))
+        s, d = self._t(np.asarray(src)), self._t(np.asarray(dst))
+        lengths = self.lengths[:, list(src)].copy()
+        self.lengths[:, list(dst)] = 0
+        for l in layers:
+            self.k[l][d, :, :length] = self.k[l][s, :, :length].clone()
+            self.v[l][d, :, :length] = self.v[l][s, :, :length].clone()
+            self.lengths[l, list(dst)] = lengths[l]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import torch
 
 from skipdecode.errors import SkipDecodeError
-from skipdecode.io import atomic_dir
+from skipdecode.io import atomic_dir, cache_root
 from skipdecode.models.config import ModelConfig, config_from_hf
 from skipdecode.schedule import Schedule
 from skipdecode.tokenizer import TOKENIZER_FILES, Tokenizer
@@ -36,8 +35,6 @@ class LoadedModel:
     """The schedule the checkpoint was fine-tuned under (skipdecode.json), if any."""
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("SKIPDECODE_CACHE", Path.home() / ".cache" / "skipdecode"))
 
 
 def build_model(config: ModelConfig) -> torch.nn.Module:

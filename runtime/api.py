@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from skipdecode.errors import SkipDecodeError
-from skipdecode.runtime.generate import GenerationConfig, RowResult, StepEvent, generate_ids, stream_batch
+from skipdecode.runtime.engine import Engine, EngineConfig
+from skipdecode.runtime.generate import GenerationConfig, generate_ids
+from skipdecode.runtime.request import Request, RowResult
 from skipdecode.runtime.sampling import SamplingConfig
 from skipdecode.schedule import Schedule
 from skipdecode.tokenizer import Tokenizer
@@ -51,15 +53,6 @@ def open_backend(path: str | Path, backend: str = "onnxruntime", device: str = "
     raise SkipDecodeError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
 
 
-@dataclass
-class TextEvent:
-    """A streamed piece of text for one row."""
-
-    row: int
-    token_id: int
-    text: str
-
-
 class Runtime:
     def __init__(self, backend, tokenizer: Tokenizer, trained_schedule: Schedule | None = None):
         self.backend = backend
@@ -78,62 +71,73 @@ class Runtime:
         return self.backend.num_layers
 
     def schedule(self, schedule: Schedule | None = None, speedup: float | None = None, window: int = 32,
-                 warmup_layers: int = 1) -> Schedule:
-        """An explicit schedule, one solved for ``speedup``, the export's own, or full depth."""
+                 warmup_layers: int | None = None) -> Schedule:
+        """An explicit schedule, one solved for ``speedup``, the export's own, or full depth.
+
+        A solved schedule keeps the export's warm-up layers (rows of one batch must share them)."""
         if schedule is not None and speedup is not None:
             raise SkipDecodeError("give a schedule or a speedup, not both")
         if schedule is not None:
             return schedule
         if speedup is not None:
-            return Schedule.full(self.num_layers) if speedup == 1 else Schedule.for_speedup(
-                self.num_layers, speedup, window, warmup_layers)
+            if warmup_layers is None:
+                warmup_layers = self.trained_schedule.warmup_layers if self.trained_schedule else 1
+            try:
+                return Schedule.full(self.num_layers) if speedup == 1 else Schedule.for_speedup(
+                    self.num_layers, speedup, window, warmup_layers)
+            except ValueError as e:
+                raise SkipDecodeError(f"speedup {speedup:g}: {e}") from None
         return self.trained_schedule or Schedule.full(self.num_layers)
 
-    def generate(self, prompts: Sequence[str] | Sequence[Sequence[int]] | str, schedule: Schedule | None = None,
-                 speedup: float | None = None, max_new_tokens: int = 64, batch_size: int = 8,
+    def engine(self, config: EngineConfig = EngineConfig()) -> Engine:
+        """A continuous-batching engine over this runtime's backend, tokenizer and schedule."""
+        return Engine(self.backend, self.tokenizer.eos_ids, self.tokenizer.pad_id, config, self.schedule(),
+                      self.tokenizer)
+
+    def generate(self, prompts: Sequence[str] | Sequence[Sequence[int]] | str,
+                 schedule: Schedule | Sequence[Schedule] | None = None,
+                 speedup: float | None = None, max_new_tokens: int | Sequence[int] = 64, batch_size: int = 8,
                  sampling: SamplingConfig | None = None, stop: Sequence[str] = (), ignore_eos: bool = False,
-                 progress=None, window: int = 32) -> list[RowResult]:
-        """Generate for text prompts (or token-id lists); rows in input order with text filled in."""
+                 progress=None, window: int = 32, policy: str = "continuous") -> list[RowResult]:
+        """Generate for text prompts (or token-id lists); rows in input order with text filled in.
+        ``schedule`` and ``max_new_tokens`` may be one per prompt."""
         if isinstance(prompts, str):
             prompts = [prompts]
         texts = [p if isinstance(p, str) else None for p in prompts]
         ids = [self.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
-        cfg = GenerationConfig(max_new_tokens, sampling or SamplingConfig(), tuple(stop), ignore_eos)
-        stop_check = self._stop_check(cfg.stop) if cfg.stop else None
-        rows = generate_ids(self.backend, ids, self.schedule(schedule, speedup, window), cfg, self.tokenizer.eos_ids,
-                            self.tokenizer.pad_id, batch_size, stop_check, progress)
+        per_row = schedule is not None and not isinstance(schedule, Schedule)
+        sched = list(schedule) if per_row else self.schedule(schedule, speedup, window)  # type: ignore[arg-type]
+        news = None if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        cfg = GenerationConfig(max_new_tokens if news is None else max(news), sampling or SamplingConfig(),
+                               tuple(stop), ignore_eos)
+        rows = generate_ids(self.backend, ids, sched, cfg, self.tokenizer.eos_ids, self.tokenizer.pad_id,
+                            batch_size, progress, self.tokenizer, policy, news)
         for text, row in zip(texts, rows):
             row.prompt = text
-            row.text = cut_at_stop(self.tokenizer.decode(row.token_ids), cfg.stop)
         return rows
 
-    def _stop_check(self, stop: Sequence[str]):
-        return lambda i, toks: any(s in self.tokenizer.decode(toks) for s in stop)
-
     def stream(self, prompts: Sequence[str] | str, schedule: Schedule | None = None, speedup: float | None = None,
-               max_new_tokens: int = 64, sampling: SamplingConfig | None = None,
+               max_new_tokens: int = 64, sampling: SamplingConfig | None = None, stop: Sequence[str] = (),
                ignore_eos: bool = False, window: int = 32) -> Iterator[TextEvent]:
-        """Yield each row's text as tokens arrive (one batch; incremental detokenization)."""
+        """Yield each prompt's text as tokens arrive (incremental detokenization; stop strings cut)."""
         if isinstance(prompts, str):
             prompts = [prompts]
         ids = [self.tokenizer.encode(p) for p in prompts]
-        cfg = GenerationConfig(max_new_tokens, sampling or SamplingConfig(), (), ignore_eos)
-        so_far: list[list[int]] = [[] for _ in prompts]
-        shown = [""] * len(prompts)
-        for event in stream_batch(self.backend, ids, self.schedule(schedule, speedup, window), cfg, self.tokenizer.eos_ids,
-                                  self.tokenizer.pad_id):
-            if not isinstance(event, StepEvent):
-                return
-            for row, tok in zip(event.rows, event.token_ids):
-                so_far[row].append(tok)
-                text = self.tokenizer.decode(so_far[row])
-                if not text.endswith("\ufffd"):  # wait for a complete UTF-8 character
-                    yield TextEvent(row, tok, text[len(shown[row]):])
-                    shown[row] = text
+        sched = self.schedule(schedule, speedup, window)
+        engine = Engine(self.backend, self.tokenizer.eos_ids, self.tokenizer.pad_id,
+                        EngineConfig(max(1, len(ids)), max(map(len, ids)) + max_new_tokens), sched, self.tokenizer)
+        rid = {engine.add(Request(p, max_new_tokens, sched, sampling or SamplingConfig(), tuple(stop), ignore_eos)): i
+               for i, p in enumerate(ids)}
+        while engine.has_work:
+            for event in engine.step():
+                if event.text:
+                    yield TextEvent(rid[event.request_id], event.token_id, event.text)
 
 
-def cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    for s in stop:
-        if s in text:
-            text = text[: text.index(s)]
-    return text
+@dataclass
+class TextEvent:
+    """A streamed piece of text for one prompt (``row``: its index in the prompts)."""
+
+    row: int
+    token_id: int
+    text: str

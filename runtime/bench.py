@@ -29,7 +29,8 @@ import numpy as np
 
 from skipdecode.io import atomic_write_text
 from skipdecode.runtime.costmodel import Machine, ModelShape, decode_layers, decode_seconds, ideal_speedup
-from skipdecode.runtime.generate import GenerationConfig, StepEvent, stream_batch
+from skipdecode.runtime.engine import Engine, EngineConfig
+from skipdecode.runtime.request import Request
 from skipdecode.schedule import DECAYS, Schedule
 from skipdecode.versions import package_versions
 
@@ -110,29 +111,34 @@ class Runner(Protocol):
 
 
 class _TimedBackend:
-    """Passes calls through to a Backend, timing every decode forward."""
+    """Passes calls through to a Backend, timing every decode call."""
 
     def __init__(self, inner):
         self.inner = inner
         self.name, self.num_layers, self.max_positions = inner.name, inner.num_layers, inner.max_positions
+        self.calls, self.capture = inner.calls, None
         self.steps: list[tuple[int, float]] = []
-        self._prefill = True
 
-    def allocate(self, batch_size: int, max_len: int) -> None:
-        self.inner.allocate(batch_size, max_len)
-        self.steps, self._prefill = [], True
+    def allocate(self, rows: int, max_len: int) -> None:
+        self.inner.allocate(rows, max_len)
+        self.steps = []
 
-    def forward(self, input_ids, positions, key_mask, slot, layers):
+    def prefill(self, start, ids, lengths, layers):
+        return self.inner.prefill(start, ids, lengths, layers)
+
+    def decode(self, ids, positions, ranges):
         t0 = time.perf_counter()
-        logits = self.inner.forward(input_ids, positions, key_mask, slot, layers)
-        if not self._prefill:
-            self.steps.append((len(layers), time.perf_counter() - t0))
-        self._prefill = False
+        logits = self.inner.decode(ids, positions, ranges)
+        self.steps.append((sum(a < b for a, b in ranges), time.perf_counter() - t0))
         return logits
+
+    def move(self, src, dst, length, layers):
+        self.inner.move(src, dst, length, layers)
 
 
 class LoopRunner:
-    """A layer-chaining Backend driven by the shared generation loop (greedy, EOS ignored)."""
+    """A layer-chaining Backend driven by the engine (greedy, EOS ignored, every row admitted at
+    once, so the rows step in lockstep)."""
 
     skips = True
 
@@ -141,18 +147,19 @@ class LoopRunner:
         self.name = name or backend.name
 
     def run(self, prompts: np.ndarray, schedule: Schedule, new_tokens: int) -> RunTiming:
-        config = GenerationConfig(max_new_tokens=new_tokens, ignore_eos=True)
+        B, P = prompts.shape
+        engine = Engine(self.backend, (), 0, EngineConfig(max_rows=B, max_len=P + new_tokens), schedule)
+        for p in prompts.tolist():
+            engine.add(Request(p, new_tokens, schedule, ignore_eos=True))
         t0 = time.perf_counter()
         first = None
-        rows = []
-        for event in stream_batch(self.backend, prompts.tolist(), schedule, config, eos_ids=(), pad_id=0):
-            if isinstance(event, StepEvent):
-                if event.step == 0:
-                    first = time.perf_counter()
-            else:
-                rows = event
+        tokens = 0
+        while engine.has_work:
+            tokens += len(engine.step())
+            if first is None:
+                first = time.perf_counter()
         end = time.perf_counter()
-        return RunTiming(first - t0, end - first, sum(r.tokens for r in rows), list(self.backend.steps))
+        return RunTiming(first - t0, end - first, tokens, list(self.backend.steps))
 
 
 def make_prompts(vocab_size: int, batch_size: int, prompt_len: int, seed: int = 0) -> np.ndarray:

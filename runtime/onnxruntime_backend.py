@@ -1,19 +1,20 @@
 """ONNX Runtime backend: chains embed, the scheduled layer graphs and lm_head of a per-layer export.
 
 numpy + onnxruntime only (no torch, no transformers). The backend owns one K and one V buffer
-``(B, H_kv, T, D)`` per layer, created once per batch shape as numpy arrays wrapped by OrtValues
-that share their memory, and bound with IOBinding. Rows are stored right-padded (row b's
-position p at index p, see export/README.md), so the left-padded prefill of the generation loop
-is re-aligned here, and each row's length is tracked by the backend.
+``(R, H_kv, T, D)`` per layer, numpy arrays wrapped by OrtValues that share their memory and
+bound with IOBinding. Row r's position p lives at index p (runtime/feeds.py).
+
+Every call runs a contiguous range of rows: the range's slice of each buffer (KV, hidden states,
+seqlens) is a numpy view, wrapped without a copy and bound; bindings are cached per (layer, range).
+Rows outside a layer's range keep their hidden state: the two hidden buffers ping-pong, and those
+rows are copied across (a few KB a step).
 
 - ``layer_kind == "gqa"`` (onnxruntime target): GroupQueryAttention writes the new K/V in place
-  (the same OrtValue is bound as ``past_key`` and ``present_key``); per step the backend only
-  updates ``seqlens_k`` / ``total_sequence_length`` in place.
+  (the same OrtValue is bound as ``past_key`` and ``present_key``).
 - ``layer_kind == "standard"`` (tensorrt target, or heads ORT's GQA cannot take): the graph
-  returns ``new_key``/``new_value`` for the S new tokens, scattered here at ``write_index``.
+  returns ``new_key``/``new_value`` for the new tokens, scattered here at ``write_index``.
 
-Hidden states ping-pong between two preallocated buffers; each layer has a binding for either
-direction, made once per batch shape for decode (S = 1) and once per prefill.
+Decode steps run a layer's decode graph where the export has one (``--split-phases``).
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ import numpy as np
 import onnxruntime as ort
 
 from skipdecode.errors import SkipDecodeError
-from skipdecode.runtime.layout import begin_step
+from skipdecode.runtime.backend import Range
+from skipdecode.runtime.feeds import Feeds, check_capacity, decode_feeds, prefill_feeds
 from skipdecode.runtime.manifest import load_manifest
 
-KV_ROUND = 64  # KV capacity is rounded up so batches of similar length reuse the buffers
+KV_ROUND = 64  # KV capacity is rounded up to a multiple of this
+MAX_CACHED_BINDINGS = 8192
 
 
 def session_options(threads: int | None = None, spinning: bool = False) -> ort.SessionOptions:
@@ -42,6 +45,10 @@ def session_options(threads: int | None = None, spinning: bool = False) -> ort.S
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     so.log_severity_level = 3
     return so
+
+
+def _ov(a: np.ndarray) -> ort.OrtValue:
+    return ort.OrtValue.ortvalue_from_numpy(a)  # shares the numpy memory on CPU (a contiguous view)
 
 
 class OnnxRuntimeBackend:
@@ -63,147 +70,194 @@ class OnnxRuntimeBackend:
         g = m["graphs"]
         try:
             self.embed = make(g["embed"])
-            self.layers = [make(e) for e in g["layers"]]
+            self.layer_sessions = [make(e) for e in g["layers"]]
             # decode steps run a layer's decode graph where the export has one (same contract)
-            self.decode_layers = [make(e["decode"]) if e.get("decode") else s for e, s in zip(g["layers"], self.layers)]
+            self.decode_sessions = [make(e["decode"]) if e.get("decode") else s
+                                    for e, s in zip(g["layers"], self.layer_sessions)]
             self.head = make(g["lm_head"])
         except Exception as e:  # ORT raises its own exception types for unreadable graphs
             raise SkipDecodeError(f"{self.dir}: cannot load the export ({str(e).splitlines()[0]})") from None
-        self.batch = 0
+        self.rows = 0
         self.capacity = 0
-        self.layer_calls: list[tuple[int, tuple[int, ...]]] = []
-        """(slot, layers) of every forward, for tests that count layer calls."""
+        self.calls: list[tuple] = []
+        """("prefill", (start, stop), layers) / ("decode", ranges) / ("move", ...) of every call."""
         self.capture = None
         """Optional ``capture(graph, feeds)``, called before each graph runs with the arrays bound
         as its inputs (graph: "embed", a layer index, or "lm_head"); the arrays are the live
         buffers, so copy what you keep. Calibration (skipdecode.calibration) records with it."""
 
     # ---- buffers ------------------------------------------------------------------------------
-    def _ov(self, a: np.ndarray) -> ort.OrtValue:
-        return ort.OrtValue.ortvalue_from_numpy(a)  # shares the numpy memory on CPU
-
-    def allocate(self, batch_size: int, max_len: int) -> None:
+    def allocate(self, rows: int, max_len: int) -> None:
         if max_len > self.max_positions:
             raise SkipDecodeError(f"{max_len} positions needed, the export's KV buffers hold {self.max_positions} "
                                   "(re-export with a larger --max-seq)")
         cap = self.manifest["max_seq"] if self.kind == "standard" else min(
             -(-max_len // KV_ROUND) * KV_ROUND, self.manifest["max_seq"])
-        self.layer_len = [0] * self.num_layers
-        self.layer_calls.clear()
-        if batch_size == self.batch and cap <= self.capacity:
-            return
-        B, H, D = batch_size, self.kv_heads, self.head_dim
-        self.batch, self.capacity = B, cap
-        shape = (B, H, cap, D)  # (B, H_kv, T, D)
-        self.k = [np.zeros(shape, self.dtype) for _ in range(self.num_layers)]
-        self.v = [np.zeros(shape, self.dtype) for _ in range(self.num_layers)]
-        self.k_ov = [self._ov(a) for a in self.k]
-        self.v_ov = [self._ov(a) for a in self.v]
-        # per-step scalars, mutated in place (the OrtValues see the change)
-        self.seqlens = np.zeros(B, np.int32)
+        self.calls = []
+        self.layer_len = np.zeros((self.num_layers, rows), np.int64)  # keys held, per layer and row
+        R, H, D = rows, self.kv_heads, self.head_dim
+        self.rows, self.capacity = R, cap
+        self.k = [np.zeros((R, H, cap, D), self.dtype) for _ in range(self.num_layers)]  # (R, H_kv, T, D)
+        self.v = [np.zeros((R, H, cap, D), self.dtype) for _ in range(self.num_layers)]
+        # decode scratch, one row per KV row; calls bind views [a, b) of these
+        self.ids = np.zeros((R, 1), np.int64)
+        self.pos = np.zeros((R, 1), np.int64)
+        self.last = np.zeros(R, np.int64)
+        self.hid = [np.zeros((R, 1, self.hidden_size), self.dtype) for _ in range(2)]
+        self.seqlens = np.zeros(R, np.int32)
         self.total = np.zeros((), np.int32)
-        self.write_index = np.zeros(B, np.int32)
-        self.lengths = np.zeros(B, np.int64)
-        self.small = {n: self._ov(getattr(self, n)) for n in ("seqlens", "total", "write_index")}
+        self.write_index = np.zeros(R, np.int32)
+        self.nk = np.zeros((R, H, 1, D), self.dtype)
+        self.nv = np.zeros_like(self.nk)
         V, K = self.manifest["vocab_size"], self.manifest["top_k"]
-        self.out = {"logits": np.zeros((B, V), np.float32), "next_token": np.zeros(B, np.int64),
-                    "topk_values": np.zeros((B, K), np.float32), "topk_ids": np.zeros((B, K), np.int64)}
-        self.out_ov = {n: self._ov(a) for n, a in self.out.items()}
-        self.decode = self._bindings(1, self.decode_layers)
+        self.out = {"logits": np.zeros((R, V), np.float32), "next_token": np.zeros(R, np.int64),
+                    "topk_values": np.zeros((R, K), np.float32), "topk_ids": np.zeros((R, K), np.int64)}
+        self._bindings: dict[tuple, ort.IOBinding] = {}
 
-    def _bindings(self, S: int, sessions: list | None = None) -> dict:
-        """Buffers and IOBindings for S new tokens per row (decode: S = 1, made once per batch),
-        bound to ``sessions`` (default: the main layer graphs)."""
-        B = self.batch
-        st = {
-            "ids": np.zeros((B, S), np.int64), "pos": np.zeros((B, S), np.int64),
-            "last": np.zeros(B, np.int64),
-            "hid": [np.zeros((B, S, self.hidden_size), self.dtype) for _ in range(2)],
-        }
-        if self.kind == "standard":
-            st["nk"] = np.zeros((B, self.kv_heads, S, self.head_dim), self.dtype)
-            st["nv"] = np.zeros_like(st["nk"])
-        ov = {n: self._ov(st[n]) for n in ("ids", "pos", "last")}
-        hid = [self._ov(h) for h in st["hid"]]
-        eb = self.embed.io_binding()
-        eb.bind_ortvalue_input("input_ids", ov["ids"])
-        eb.bind_ortvalue_input("positions", ov["pos"])
-        eb.bind_ortvalue_output("hidden", hid[0])
-        st["embed"] = eb
-        st["sessions"] = sessions or self.layers
-        st["layers"] = [[self._layer_binding(st["sessions"][l], l, hid[p], hid[1 - p], ov["pos"], st) for p in (0, 1)]
-                        for l in range(self.num_layers)]
-        heads = []
-        for p in (0, 1):
-            hb = self.head.io_binding()
-            hb.bind_ortvalue_input("hidden", hid[p])
-            hb.bind_ortvalue_input("last_index", ov["last"])
-            for n, o in self.out_ov.items():
-                hb.bind_ortvalue_output(n, o)
-            heads.append(hb)
-        st["head"] = heads
-        return st
-
-    def _layer_binding(self, session, l: int, src, dst, pos, st):
-        b = session.io_binding()
-        b.bind_ortvalue_input("hidden", src)
-        b.bind_ortvalue_input("past_key", self.k_ov[l])
-        b.bind_ortvalue_input("past_value", self.v_ov[l])
-        b.bind_ortvalue_output("hidden_out", dst)
-        if self.kind == "gqa":
-            b.bind_ortvalue_input("seqlens_k", self.small["seqlens"])
-            b.bind_ortvalue_input("total_sequence_length", self.small["total"])
-            b.bind_ortvalue_output("present_key", self.k_ov[l])  # in place: past and present share memory
-            b.bind_ortvalue_output("present_value", self.v_ov[l])
-        else:
-            b.bind_ortvalue_input("write_index", self.small["write_index"])
-            b.bind_ortvalue_input("positions", pos)
-            b.bind_ortvalue_output("new_key", self._ov(st["nk"]))
-            b.bind_ortvalue_output("new_value", self._ov(st["nv"]))
+    # ---- bindings -----------------------------------------------------------------------------
+    def _bind_embed(self, ids, pos, hidden) -> ort.IOBinding:
+        b = self.embed.io_binding()
+        b.bind_ortvalue_input("input_ids", _ov(ids))
+        b.bind_ortvalue_input("positions", _ov(pos))
+        b.bind_ortvalue_output("hidden", _ov(hidden))
         return b
 
-    # ---- the step -----------------------------------------------------------------------------
-    def forward(self, input_ids: np.ndarray, positions: np.ndarray, key_mask: np.ndarray,
-                slot: int, layers: Sequence[int]) -> np.ndarray:
-        B, S = input_ids.shape
-        layers, plan = begin_step(self, input_ids, positions, key_mask, slot, layers, self.capacity)
-        st = self._bindings(S) if plan.prefill else self.decode
-        st["ids"][:], st["pos"][:], st["last"][:] = plan.ids, plan.positions, plan.last
-        self.write_index[:] = plan.write_index
-        new_len = plan.new_lengths
-        self.seqlens[:] = new_len - 1
-        self.total[...] = new_len.max() if slot else S  # GQA: S == total marks the first prompt
+    def _bind_head(self, hidden, last, out: dict[str, np.ndarray]) -> ort.IOBinding:
+        b = self.head.io_binding()
+        b.bind_ortvalue_input("hidden", _ov(hidden))
+        b.bind_ortvalue_input("last_index", _ov(last))
+        for n, a in out.items():
+            b.bind_ortvalue_output(n, _ov(a))
+        return b
+
+    def _bind_layer(self, session, l: int, rows: slice, src, dst, pos, small: dict, new_kv) -> ort.IOBinding:
+        """Layer l over KV ``rows``: hidden src -> dst (already sliced), small: seqlens/total or
+        write_index views; new_kv: (new_key, new_value) outputs of standard graphs."""
+        b = session.io_binding()
+        k, v = _ov(self.k[l][rows]), _ov(self.v[l][rows])
+        b.bind_ortvalue_input("hidden", _ov(src))
+        b.bind_ortvalue_input("past_key", k)
+        b.bind_ortvalue_input("past_value", v)
+        b.bind_ortvalue_output("hidden_out", _ov(dst))
+        if self.kind == "gqa":
+            b.bind_ortvalue_input("seqlens_k", _ov(small["seqlens_k"]))
+            b.bind_ortvalue_input("total_sequence_length", _ov(small["total_sequence_length"]))
+            b.bind_ortvalue_output("present_key", k)  # in place: past and present share memory
+            b.bind_ortvalue_output("present_value", v)
+        else:
+            b.bind_ortvalue_input("write_index", _ov(small["write_index"]))
+            b.bind_ortvalue_input("positions", _ov(pos))
+            b.bind_ortvalue_output("new_key", _ov(new_kv[0]))
+            b.bind_ortvalue_output("new_value", _ov(new_kv[1]))
+        return b
+
+    def _cached(self, key: tuple, make):
+        b = self._bindings.get(key)
+        if b is None:
+            if len(self._bindings) >= MAX_CACHED_BINDINGS:
+                self._bindings.clear()
+            b = self._bindings[key] = make()
+        return b
+
+    # ---- calls --------------------------------------------------------------------------------
+    def prefill(self, start: int, ids: np.ndarray, lengths: np.ndarray, layers: Sequence[int]) -> np.ndarray:
+        n, S = ids.shape
+        stop = start + n
+        if stop > self.rows:
+            raise SkipDecodeError(f"rows [{start}, {stop}) outside the {self.rows} allocated (call allocate first)")
+        check_capacity(S, self.capacity)
+        layers = tuple(layers)
+        self.calls.append(("prefill", (start, stop), layers))
+        f = prefill_feeds(lengths, S)
+        ids = np.ascontiguousarray(ids, np.int64)
+        pos = np.ascontiguousarray(f.positions)
+        hid = [np.zeros((n, S, self.hidden_size), self.dtype) for _ in range(2)]
+        small = {"seqlens_k": f.seqlens_k.copy(), "total_sequence_length": np.array(f.total_sequence_length, np.int32),
+                 "write_index": f.write_index.copy()}
+        nk = np.zeros((n, self.kv_heads, S, self.head_dim), self.dtype)
+        new_kv = (nk, np.zeros_like(nk))  # (n, H_kv, S, D): standard graphs' new K/V
+        rows = slice(start, stop)
+        self.layer_len[:, rows] = 0
         if self.capture is not None:
-            self.capture("embed", {"input_ids": st["ids"], "positions": st["pos"]})
-        self.embed.run_with_iobinding(st["embed"])
+            self.capture("embed", {"input_ids": ids, "positions": pos})
+        self.embed.run_with_iobinding(self._bind_embed(ids, pos, hid[0]))
         p = 0
         for l in layers:
+            b = self._bind_layer(self.layer_sessions[l], l, rows, hid[p], hid[1 - p], pos, small, new_kv)
             if self.capture is not None:
-                self.capture(l, self._layer_feeds(l, st, p))
-            st["sessions"][l].run_with_iobinding(st["layers"][l][p])
+                self.capture(l, self._layer_feeds(l, rows, hid[p], pos, small))
+            self.layer_sessions[l].run_with_iobinding(b)
             if self.kind == "standard":
-                self._scatter(l, st, S)
+                self.k[l][rows, :, :S], self.v[l][rows, :, :S] = new_kv
+            self.layer_len[l, rows] = lengths
             p = 1 - p
-            self.layer_len[l] = slot + S
+        last = np.ascontiguousarray(f.last)
+        out = {k: np.zeros((n, *a.shape[1:]), a.dtype) for k, a in self.out.items()}
         if self.capture is not None:
-            self.capture("lm_head", {"hidden": st["hid"][p], "last_index": st["last"]})
-        self.head.run_with_iobinding(st["head"][p])
-        self.lengths = new_len
-        return self.out["logits"].copy()  # (B, V)
+            self.capture("lm_head", {"hidden": hid[p], "last_index": last})
+        self.head.run_with_iobinding(self._bind_head(hid[p], last, out))
+        return out["logits"]  # (n, V)
 
-    def _layer_feeds(self, l: int, st: dict, p: int) -> dict[str, np.ndarray]:
-        """The arrays bound as layer l's inputs (hidden in buffer p), by input name."""
-        feeds = {"hidden": st["hid"][p], "past_key": self.k[l], "past_value": self.v[l]}
+    def decode(self, ids: np.ndarray, positions: np.ndarray, ranges: Sequence[Range]) -> np.ndarray:
+        B = len(ids)
+        if B > self.rows:
+            raise SkipDecodeError(f"{B} rows, {self.rows} allocated (call allocate first)")
+        self.calls.append(("decode", [tuple(r) for r in ranges]))
+        f: Feeds = decode_feeds(positions)
+        check_capacity(f.total_sequence_length, self.capacity)
+        self.ids[:B, 0], self.pos[:B, 0] = ids, positions
+        self.seqlens[:B], self.write_index[:B] = f.seqlens_k, f.write_index
+        if self.capture is not None:
+            self.capture("embed", {"input_ids": self.ids[:B], "positions": self.pos[:B]})
+        emb = self._cached(("embed", B), lambda: self._bind_embed(self.ids[:B], self.pos[:B], self.hid[0][:B]))
+        self.embed.run_with_iobinding(emb)
+        p = 0
+        for l, (a, b) in enumerate(ranges):
+            if a == b:
+                continue
+            held = self.layer_len[l, a:b]
+            if not np.array_equal(held, positions[a:b]):
+                bad = int(np.flatnonzero(held != positions[a:b])[0])
+                raise RuntimeError(f"layer {l} row {a + bad} holds {held[bad]} keys but is asked to write position "
+                                   f"{positions[a + bad]}: a skipped layer ran again (KV would be recomputed)")
+            src, dst = self.hid[p], self.hid[1 - p]
+            dst[:a], dst[b:B] = src[:a], src[b:B]  # rows that skip this layer keep their hidden state
+            self.total[...] = int(positions[a:b].max()) + 1
+            rows = slice(a, b)
+            session = self.decode_sessions[l]
+            small = {"seqlens_k": self.seqlens[rows], "total_sequence_length": self.total,
+                     "write_index": self.write_index[rows]}
+            binding = self._cached((l, a, b, p), lambda: self._bind_layer(
+                session, l, rows, src[rows], dst[rows], self.pos[rows], small, (self.nk[rows], self.nv[rows])))
+            if self.capture is not None:
+                self.capture(l, self._layer_feeds(l, rows, src[rows], self.pos[rows], small))
+            session.run_with_iobinding(binding)
+            if self.kind == "standard":
+                r = np.arange(a, b)
+                self.k[l][r, :, positions[a:b]] = self.nk[rows, :, 0]
+                self.v[l][r, :, positions[a:b]] = self.nv[rows, :, 0]
+            self.layer_len[l, a:b] += 1
+            p = 1 - p
+        if self.capture is not None:
+            self.capture("lm_head", {"hidden": self.hid[p][:B], "last_index": self.last[:B]})
+        out = {k: a[:B] for k, a in self.out.items()}
+        head = self._cached(("head", B, p), lambda: self._bind_head(self.hid[p][:B], self.last[:B], out))
+        self.head.run_with_iobinding(head)
+        return self.out["logits"][:B].copy()  # (B, V)
+
+    def move(self, src: Sequence[int], dst: Sequence[int], length: int, layers: Sequence[int]) -> None:
+        self.calls.append(("move", list(src), list(dst), length, tuple(layers)))
+        src, dst = list(src), list(dst)
+        held = self.layer_len[:, src].copy()
+        self.layer_len[:, dst] = 0
+        for l in layers:
+            self.k[l][dst, :, :length] = self.k[l][src, :, :length]  # fancy indexing: sources read first
+            self.v[l][dst, :, :length] = self.v[l][src, :, :length]
+            self.layer_len[l, dst] = held[l]
+
+    def _layer_feeds(self, l: int, rows: slice, hidden, pos, small) -> dict[str, np.ndarray]:
+        """The arrays bound as layer l's inputs, by input name."""
+        feeds = {"hidden": hidden, "past_key": self.k[l][rows], "past_value": self.v[l][rows]}
         if self.kind == "gqa":
-            return {**feeds, "seqlens_k": self.seqlens, "total_sequence_length": self.total}
-        return {**feeds, "write_index": self.write_index, "positions": st["pos"]}
-
-    def _scatter(self, l: int, st: dict, S: int) -> None:
-        """Write the S new K/V of each row at [write_index, write_index + S) (standard graphs)."""
-        if S == 1:
-            rows = np.arange(self.batch)
-            self.k[l][rows, :, self.write_index] = st["nk"][:, :, 0]
-            self.v[l][rows, :, self.write_index] = st["nv"][:, :, 0]
-        else:  # prefill: every row starts at 0
-            self.k[l][:, :, :S] = st["nk"]
-            self.v[l][:, :, :S] = st["nv"]
+            return {**feeds, "seqlens_k": small["seqlens_k"], "total_sequence_length": small["total_sequence_length"]}
+        return {**feeds, "write_index": small["write_index"], "positions": pos}

@@ -1,10 +1,11 @@
 """TensorRT backend: chains the engines of `skipdecode build-engines` on one CUDA stream.
 
-Owns one K and one V device buffer ``(B, H_kv, T_max, D)`` per layer, allocated once per batch
-size; rows are stored right-padded (row b's position p at index p, runtime/layout.py). Each
-layer engine returns the K/V of its S new tokens, which are copied into the buffers at the row's
-write index with pitched device-to-device copies: nothing is concatenated, nothing goes through
-the host. Hidden states ping-pong between two device buffers. Each engine has two execution
+Owns one K and one V device buffer ``(R, H_kv, T_max, D)`` per layer; row r's position p lives
+at index p (runtime/feeds.py). Every call runs a contiguous range of rows: its buffers are the
+range's slice, a pointer offset, never a copy. Each layer engine returns the K/V of its S new
+tokens, which are copied into the buffers at the row's write index with pitched device-to-device
+copies: nothing is concatenated, nothing goes through the host. Hidden states ping-pong between
+two device buffers; rows outside a layer's range are copied across. Each engine has two execution
 contexts, one per optimisation profile (0: prefill, 1: decode with S = 1). Only the logits of the
 last column come back to the host.
 
@@ -19,8 +20,9 @@ from typing import Sequence
 import numpy as np
 
 from skipdecode.errors import SkipDecodeError
+from skipdecode.runtime.backend import Range
 from skipdecode.runtime.cuda import DeviceArray, Stream, copy_2d
-from skipdecode.runtime.layout import begin_step
+from skipdecode.runtime.feeds import check_capacity, decode_feeds, prefill_feeds
 from skipdecode.runtime.manifest import load_manifest
 from skipdecode.runtime.tensorrt_engines import (PROFILES, check_compatible, gpu_identity, import_tensorrt,
                                                  load_engine_record)
@@ -45,12 +47,12 @@ class _Engine:
             ctx.set_optimization_profile_async(p, stream.ptr)
             self.contexts.append(ctx)
 
-    def run(self, profile: int, shapes: dict[str, tuple], buffers: dict[str, DeviceArray], stream: Stream) -> None:
+    def run(self, profile: int, shapes: dict[str, tuple], addresses: dict[str, int], stream: Stream) -> None:
         ctx = self.contexts[profile]
         for name in self.names:
             if name in self.inputs:
                 ctx.set_input_shape(name, shapes[name])
-            ctx.set_tensor_address(name, buffers[name].ptr)
+            ctx.set_tensor_address(name, addresses[name])
         if not ctx.execute_async_v3(stream.ptr):
             raise RuntimeError("TensorRT execution failed")
 
@@ -77,87 +79,146 @@ class TensorRTBackend:
         load = lambda n: _Engine(trt, self.trt_runtime, self.dir / n, self.stream)  # noqa: E731
         self.embed, self.head = load(e["embed"]), load(e["lm_head"])
         self.layers = [load(n) for n in e["layers"]]
-        self.batch = 0
+        self.rows = 0
         self.max_s = 0
-        self.layer_calls: list[tuple[int, tuple[int, ...]]] = []
+        self.capture = None  # engines are opaque: nothing to capture
+        self.calls: list[tuple] = []
+
+    @staticmethod
+    def _at(buf: DeviceArray, row: int) -> int:
+        """Address of row ``row`` of a (R, ...) device buffer: a range is a pointer offset."""
+        return buf.ptr + row * (buf.nbytes // buf.shape[0])
 
     # ---- buffers ------------------------------------------------------------------------------
-    def allocate(self, batch_size: int, max_len: int) -> None:
-        if batch_size > self.max_batch:
-            raise SkipDecodeError(f"batch of {batch_size}, engines built for at most {self.max_batch} (--max-batch)")
+    def allocate(self, rows: int, max_len: int) -> None:
+        if rows > self.max_batch:
+            raise SkipDecodeError(f"{rows} rows, engines built for at most {self.max_batch} (--max-batch)")
         if max_len > self.max_positions:
             raise SkipDecodeError(f"{max_len} positions needed, the engines' KV buffers hold {self.max_positions}")
-        self.layer_len = [0] * self.num_layers
-        self.lengths = np.zeros(batch_size, np.int64)
-        self.layer_calls.clear()
-        if batch_size == self.batch:
-            return
-        B, H, D = batch_size, self.kv_heads, self.head_dim
-        self.batch, self.max_s = B, 0
-        kv = (B, H, self.max_seq, D)  # (B, H_kv, T_max, D)
+        self.layer_len = np.zeros((self.num_layers, rows), np.int64)
+        self.calls = []
+        R, H, D = rows, self.kv_heads, self.head_dim
+        self.rows, self.max_s = R, 0
+        kv = (R, H, self.max_seq, D)  # (R, H_kv, T_max, D)
         self.k = [DeviceArray(kv, self.dtype) for _ in range(self.num_layers)]
         self.v = [DeviceArray(kv, self.dtype) for _ in range(self.num_layers)]
         for buf in (*self.k, *self.v):  # cudaMalloc leaves garbage; a NaN there leaks through 0 * NaN
             buf.zero(self.stream)       # in the masked attention of slots not yet written
-        self.write_index = DeviceArray((B,), np.int32)
-        self.last = DeviceArray((B,), np.int64)
-        self.head_out = {"logits": DeviceArray((B, self.vocab), np.float32),
-                         "next_token": DeviceArray((B,), np.int64),
-                         "topk_values": DeviceArray((B, self.top_k), np.float32),
-                         "topk_ids": DeviceArray((B, self.top_k), np.int64)}
-        self.logits = np.zeros((B, self.vocab), np.float32)
+        self.write_index = DeviceArray((R,), np.int32)
+        self.last = DeviceArray((R,), np.int64)
+        self.head_out = {"logits": DeviceArray((R, self.vocab), np.float32),
+                         "next_token": DeviceArray((R,), np.int64),
+                         "topk_values": DeviceArray((R, self.top_k), np.float32),
+                         "topk_ids": DeviceArray((R, self.top_k), np.int64)}
+        self.logits = np.zeros((R, self.vocab), np.float32)
 
     def _ensure_seq(self, S: int) -> None:
         """Token, hidden and new-KV buffers for up to S tokens per row."""
         if S <= self.max_s:
             return
-        B, H, D = self.batch, self.kv_heads, self.head_dim
+        R, H, D = self.rows, self.kv_heads, self.head_dim
         self.max_s = S
-        self.ids = DeviceArray((B, S), np.int64)
-        self.pos = DeviceArray((B, S), np.int64)
-        self.hid = [DeviceArray((B, S, self.hidden_size), self.dtype) for _ in range(2)]
-        self.nk = DeviceArray((B, H, S, D), self.dtype)
-        self.nv = DeviceArray((B, H, S, D), self.dtype)
+        self.ids = DeviceArray((R, S), np.int64)
+        self.pos = DeviceArray((R, S), np.int64)
+        self.hid = [DeviceArray((R, S, self.hidden_size), self.dtype) for _ in range(2)]
+        self.nk = DeviceArray((R, H, S, D), self.dtype)
+        self.nv = DeviceArray((R, H, S, D), self.dtype)
 
-    # ---- the step -----------------------------------------------------------------------------
-    def forward(self, input_ids: np.ndarray, positions: np.ndarray, key_mask: np.ndarray,
-                slot: int, layers: Sequence[int]) -> np.ndarray:
-        B, S = input_ids.shape
-        layers, plan = begin_step(self, input_ids, positions, key_mask, slot, layers, self.max_seq)
-        profile, write = (PREFILL if plan.prefill else DECODE), plan.write_index
+    # ---- calls --------------------------------------------------------------------------------
+    def _chain(self, profile: int, start: int, n: int, S: int, layer_ranges, write: np.ndarray) -> int:
+        """Embed rows [start, start + n) (ids/pos already uploaded at row 0), run each (layer,
+        a, b) in ``layer_ranges`` (rows relative to ``start``); returns the hidden buffer index."""
+        st, at, isz = self.stream, self._at, self.dtype.itemsize
+        # ids, pos and hidden hold this call's (n, S) packed at the start of their buffers
+        tok = lambda buf, r: buf.ptr + r * S * 8  # noqa: E731  (int64 ids / positions)
+        hid_row = S * self.hidden_size * isz
+        hid = lambda i, r: self.hid[i].ptr + r * hid_row  # noqa: E731
+        self.embed.run(profile, {"input_ids": (n, S), "positions": (n, S)},
+                       {"input_ids": self.ids.ptr, "positions": self.pos.ptr, "hidden": self.hid[0].ptr}, st)
+        p = 0
+        for l, a, b in layer_ranges:
+            m = b - a
+            if a > 0:  # rows that skip layer l keep their hidden state
+                copy_2d(hid(1 - p, 0), hid_row, hid(p, 0), hid_row, hid_row, a, st)
+            if b < n:
+                copy_2d(hid(1 - p, b), hid_row, hid(p, b), hid_row, hid_row, n - b, st)
+            kv = (m, self.kv_heads, self.max_seq, self.head_dim)
+            self.layers[l].run(profile, {"hidden": (m, S, self.hidden_size), "past_key": kv, "past_value": kv,
+                                         "write_index": (m,), "positions": (m, S)},
+                               {"hidden": hid(p, a), "past_key": at(self.k[l], start + a),
+                                "past_value": at(self.v[l], start + a), "write_index": at(self.write_index, a),
+                                "positions": tok(self.pos, a), "hidden_out": hid(1 - p, a),
+                                "new_key": self.nk.ptr, "new_value": self.nv.ptr}, st)
+            self._scatter(l, start + a, write[a:b], S)
+            p = 1 - p
+        return p
+
+    def _head(self, profile: int, n: int, S: int, p: int) -> np.ndarray:
+        self.head.run(profile, {"hidden": (n, S, self.hidden_size), "last_index": (n,)},
+                      {"hidden": self.hid[p].ptr, "last_index": self.last.ptr,
+                       **{k: v.ptr for k, v in self.head_out.items()}}, self.stream)
+        self.head_out["logits"].download(self.logits, self.stream)
+        self.stream.synchronize()
+        return self.logits[:n].copy()  # (n, V)
+
+    def prefill(self, start: int, ids: np.ndarray, lengths: np.ndarray, layers: Sequence[int]) -> np.ndarray:
+        n, S = ids.shape
+        if start + n > self.rows:
+            raise SkipDecodeError(f"rows [{start}, {start + n}) outside the {self.rows} allocated")
+        check_capacity(S, self.max_seq)
+        self.calls.append(("prefill", (start, start + n), tuple(layers)))
+        f = prefill_feeds(lengths, S)
         self._ensure_seq(S)
         st = self.stream
-        self.ids.upload(plan.ids, st), self.pos.upload(plan.positions, st), self.last.upload(plan.last, st)
-        self.write_index.upload(write, st)
-        hidden_shape = (B, S, self.hidden_size)
-        kv_shape = (B, self.kv_heads, self.max_seq, self.head_dim)
-        self.embed.run(profile, {"input_ids": (B, S), "positions": (B, S)},
-                       {"input_ids": self.ids, "positions": self.pos, "hidden": self.hid[0]}, st)
-        p = 0
-        for l in layers:
-            self.layers[l].run(profile, {"hidden": hidden_shape, "past_key": kv_shape, "past_value": kv_shape,
-                                         "write_index": (B,), "positions": (B, S)},
-                               {"hidden": self.hid[p], "past_key": self.k[l], "past_value": self.v[l],
-                                "write_index": self.write_index, "positions": self.pos, "hidden_out": self.hid[1 - p],
-                                "new_key": self.nk, "new_value": self.nv}, st)
-            self._scatter(l, write, S)
-            self.layer_len[l] = slot + S
-            p = 1 - p
-        self.head.run(profile, {"hidden": hidden_shape, "last_index": (B,)},
-                      {"hidden": self.hid[p], "last_index": self.last, **self.head_out}, st)
-        self.head_out["logits"].download(self.logits, st)
-        st.synchronize()
-        self.lengths = plan.new_lengths.astype(np.int64)
-        return self.logits.copy()  # (B, V)
+        # the scratch buffers are laid out (R, max_s): pack this call's (n, S) at their start
+        self.ids.upload(ids, st), self.pos.upload(np.ascontiguousarray(f.positions), st)
+        self.last.upload(f.last, st), self.write_index.upload(f.write_index, st)
+        self.layer_len[:, start:start + n] = 0
+        p = self._chain(PREFILL, start, n, S, [(l, 0, n) for l in layers], f.write_index)
+        self.layer_len[list(layers), start:start + n] = lengths
+        return self._head(PREFILL, n, S, p)
 
-    def _scatter(self, l: int, write: np.ndarray, S: int) -> None:
-        """Copy the new K/V (B, H_kv, S, D) into row b's buffers at [write_b, write_b + S)."""
+    def decode(self, ids: np.ndarray, positions: np.ndarray, ranges: Sequence[Range]) -> np.ndarray:
+        B = len(ids)
+        self.calls.append(("decode", [tuple(r) for r in ranges]))
+        f = decode_feeds(positions)
+        check_capacity(f.total_sequence_length, self.max_seq)
+        for l, (a, b) in enumerate(ranges):
+            if a < b and not np.array_equal(self.layer_len[l, a:b], positions[a:b]):
+                raise RuntimeError(f"layer {l}: rows [{a}, {b}) hold {self.layer_len[l, a:b].tolist()} keys, asked to "
+                                   f"write positions {list(positions[a:b])} (KV would be recomputed)")
+        self._ensure_seq(1)
+        st = self.stream
+        self.ids.upload(np.asarray(ids, np.int64)[:, None], st), self.pos.upload(f.positions, st)
+        self.last.upload(f.last, st), self.write_index.upload(f.write_index, st)
+        p = self._chain(DECODE, 0, B, 1, [(l, a, b) for l, (a, b) in enumerate(ranges) if a < b], f.write_index)
+        for l, (a, b) in enumerate(ranges):
+            self.layer_len[l, a:b] += 1
+        return self._head(DECODE, B, 1, p)
+
+    def move(self, src: Sequence[int], dst: Sequence[int], length: int, layers: Sequence[int]) -> None:
+        self.calls.append(("move", list(src), list(dst), length, tuple(layers)))
+        isz, H, T, D = self.dtype.itemsize, self.kv_heads, self.max_seq, self.head_dim
+        tmp = DeviceArray((len(src), H, T, D), self.dtype)  # every source is read before any write
+        held = self.layer_len[:, list(src)].copy()
+        self.layer_len[:, list(dst)] = 0
+        for l in layers:
+            for buf in (self.k[l], self.v[l]):
+                for i, s in enumerate(src):
+                    copy_2d(self._at(tmp, i), T * D * isz, self._at(buf, s), T * D * isz, length * D * isz, H, self.stream)
+                for i, d in enumerate(dst):
+                    copy_2d(self._at(buf, d), T * D * isz, self._at(tmp, i), T * D * isz, length * D * isz, H, self.stream)
+            self.layer_len[l, list(dst)] = held[l]
+        self.stream.synchronize()
+
+    def _scatter(self, l: int, row0: int, write: np.ndarray, S: int) -> None:
+        """Copy the new K/V (n, H_kv, S, D) of rows row0.. into their buffers at [write_r, write_r + S)."""
         isz, D, H, T = self.dtype.itemsize, self.head_dim, self.kv_heads, self.max_seq
-        row_bytes = S * D * isz
+        n = len(write)
         for new, buf in ((self.nk, self.k[l]), (self.nv, self.v[l])):
-            if S > 1:  # prefill: every row starts at 0, one pitched copy for the whole batch
-                copy_2d(buf.ptr, T * D * isz, new.ptr, row_bytes, row_bytes, self.batch * H, self.stream)
+            if S > 1:  # prefill: every row starts at 0, one pitched copy for the whole range
+                copy_2d(self._at(buf, row0), T * D * isz, new.ptr, S * D * isz, S * D * isz, n * H, self.stream)
                 continue
-            for b in range(self.batch):
-                dst = buf.ptr + (b * H * T + int(write[b])) * D * isz
-                copy_2d(dst, T * D * isz, new.ptr + b * H * D * isz, D * isz, D * isz, H, self.stream)
+            for i in range(n):
+                dst = self._at(buf, row0 + i) + int(write[i]) * D * isz
+                copy_2d(dst, T * D * isz, new.ptr + i * H * D * isz, D * isz, D * isz, H, self.stream)

@@ -96,3 +96,8 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
             tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cache_root() -> Path:
+    """Where converted models and downloaded data are cached ($SKIPDECODE_CACHE moves it)."""
+    return Path(os.environ.get("SKIPDECODE_CACHE", Path.home() / ".cache" / "skipdecode"))

@@ -160,7 +160,7 @@ def report(cfg: DemoConfig, results: dict, times: StageTimes) -> None:
 
 def run_demo(cfg: DemoConfig) -> dict:
     from skipdecode.datasets import find_e2e
-    from skipdecode.models.loading import cache_root
+    from skipdecode.io import cache_root
 
     data = find_e2e(cfg.data, cache_root() / "e2e")
     times = StageTimes()

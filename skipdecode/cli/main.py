@@ -16,13 +16,14 @@ COMMANDS = {
     "generate": ("generate", "generate with the PyTorch reference under a skip schedule"),
     "train": ("train", "fine-tune a model under a skip schedule (E2E CSV or JSONL data)"),
     "export": ("export", "export per-layer ONNX graphs (embed, layers, lm_head) with a validated manifest"),
-    "run": ("run", "serve an export with ONNX Runtime or TensorRT (no torch needed)"),
+    "run": ("run", "generate through an export with ONNX Runtime or TensorRT (no torch needed)"),
     "build-engines": ("build_engines", "build TensorRT engines from a --target tensorrt export"),
     "calibrate": ("calibrate", "quantize an export (int8 dynamic/static, int4) calibrated under the skip schedule"),
     "divergence": ("divergence", "KL divergence of quantized exports from their fp32 source, paired between them"),
     "eval": ("eval", "score generations against references (BLEU, ROUGE-L) with the realised speedup"),
     "compare": ("compare", "compare eval reports: a table and a quality-vs-speedup plot"),
     "bench": ("bench", "decode tokens/s per backend, batch size and speedup vs ideal and baselines"),
+    "bench-serve": ("bench_serve", "open-loop serving load: static vs continuous batching, per-request speedups"),
 }
 
 

@@ -28,9 +28,11 @@ def add_schedule_arguments(p: argparse.ArgumentParser) -> None:
 def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
-    src.add_argument("--input", help='JSONL file, one {"prompt": ...} per line')
+    src.add_argument("--input", help='JSONL file, one {"prompt": ...} per line; a line may carry its own '
+                     '"speedup" and "max_new_tokens"')
     p.add_argument("--output", help="JSONL file for the results (input order); default: print")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-batch", "--batch-size", dest="batch_size", type=int, default=8,
+                   help="rows decoding at once in the continuous batch (default 8)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     add_schedule_arguments(p)
@@ -62,9 +64,36 @@ def build_schedule(args, num_layers: int, trained: Schedule | None = None) -> Sc
 
 
 def read_prompts(args) -> list[str]:
+    return [row["prompt"] for row in read_rows(args)]
+
+
+def read_rows(args) -> list[dict]:
+    """The prompts as dicts: ``prompt``, and from --input lines optionally ``speedup`` and
+    ``max_new_tokens`` (checked here, so a bad line is one error naming it)."""
     if args.prompt:
-        return list(args.prompt)
-    return [row["prompt"] for row in read_jsonl(args.input, required=("prompt",))]
+        return [{"prompt": p} for p in args.prompt]
+    rows = read_jsonl(args.input, required=("prompt",))
+    for i, row in enumerate(rows, 1):
+        for key, kind, low in (("speedup", (int, float), 1), ("max_new_tokens", int, 1)):
+            v = row.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, kind) or v < low):
+                raise SkipDecodeError(f"{args.input} line {i}: {key} must be a number >= {low}, got {v!r}")
+    return rows
+
+
+def row_schedules(rows: list[dict], default: Schedule, solve) -> list[Schedule]:
+    """Each row's schedule: its own ``speedup`` solved by ``solve(speedup)``, else ``default``."""
+    cache: dict[float, Schedule] = {}
+    out = []
+    for row in rows:
+        s = row.get("speedup")
+        if s is None:
+            out.append(default)
+        else:
+            if s not in cache:
+                cache[s] = solve(float(s))
+            out.append(cache[s])
+    return out
 
 
 def generation_config(args) -> GenerationConfig:
@@ -72,15 +101,18 @@ def generation_config(args) -> GenerationConfig:
     return GenerationConfig(args.max_new_tokens, sampling, tuple(args.stop))
 
 
-def generate_texts(backend, tokenizer, prompts: list[str], schedule: Schedule, config: GenerationConfig,
-                   batch_size: int, show_progress: bool = True) -> tuple[list[RowResult], float]:
-    """Generate through any backend; returns the rows (text filled in) and the wall time in seconds."""
+def generate_texts(backend, tokenizer, prompts: list[str], schedule: Schedule | list[Schedule],
+                   config: GenerationConfig, batch_size: int, show_progress: bool = True,
+                   max_new_tokens: list[int] | None = None) -> tuple[list[RowResult], float]:
+    """Generate through any backend on one continuous batch; returns the rows (text filled in)
+    and the wall time in seconds. ``schedule`` and ``max_new_tokens`` may be one per prompt."""
     from tqdm import tqdm
 
     runtime = Runtime(backend, tokenizer)
     bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not show_progress, file=sys.stderr)
     t0 = time.perf_counter()
-    rows = runtime.generate(prompts, schedule, max_new_tokens=config.max_new_tokens, batch_size=batch_size,
+    rows = runtime.generate(prompts, schedule, batch_size=batch_size,
+                            max_new_tokens=max_new_tokens or config.max_new_tokens,
                             sampling=config.sampling, stop=config.stop, ignore_eos=config.ignore_eos,
                             progress=bar.update)
     elapsed = time.perf_counter() - t0
@@ -98,8 +130,11 @@ def emit(rows: list[RowResult], output: str | None) -> None:
             print(json.dumps({k: rec[k] for k in ("prompt", "output", "tokens", "mean_layers")}, ensure_ascii=False))
 
 
-def summary(rows: list[RowResult], elapsed: float, schedule: Schedule) -> str:
+def summary(rows: list[RowResult], elapsed: float, schedule: Schedule | list[Schedule]) -> str:
     tokens = sum(r.tokens for r in rows)
     layers = sum(r.mean_layers * r.tokens for r in rows) / max(tokens, 1)
-    return (f"{schedule.describe()}: {tokens} tokens in {elapsed:.2f} s = {tokens / elapsed:.1f} tokens/s, "
-            f"mean layers {layers:.2f} (layer speedup {schedule.num_layers / layers:.2f}x)")
+    schedules = [schedule] if isinstance(schedule, Schedule) else list(dict.fromkeys(schedule))
+    what = schedules[0].describe() if len(schedules) == 1 else f"{len(schedules)} schedules"
+    L = schedules[0].num_layers
+    return (f"{what}: {tokens} tokens in {elapsed:.2f} s = {tokens / elapsed:.1f} tokens/s, "
+            f"mean layers {layers:.2f} (layer speedup {L / max(layers, 1e-9):.2f}x)")

@@ -1,4 +1,7 @@
-"""`skipdecode run`: serve an export through ONNX Runtime or TensorRT (no torch needed)."""
+"""`skipdecode run`: generate through an export on ONNX Runtime or TensorRT (no torch needed).
+
+Every prompt joins one continuous batch of at most --max-batch rows; an --input line may carry
+its own "speedup" and "max_new_tokens", so requests at different speed/quality points share it."""
 
 from __future__ import annotations
 
@@ -18,12 +21,17 @@ def add_arguments(p):
 def run(args) -> int:
     from skipdecode.runtime.api import Runtime
 
-    prompts = options.read_prompts(args)
+    rows_in = options.read_rows(args)
     config = options.generation_config(args)
     rt = Runtime.load(args.export, args.backend, args.device, threads=args.threads)
-    schedule = options.build_schedule(args, rt.num_layers, rt.trained_schedule)
-    rows, elapsed = options.generate_texts(rt.backend, rt.tokenizer, prompts, schedule, config, args.batch_size,
-                                           show_progress=args.input is not None)
+    default = options.build_schedule(args, rt.num_layers, rt.trained_schedule)
+    window = args.window if args.window is not None else (rt.trained_schedule.window if rt.trained_schedule else 32)
+    schedules = options.row_schedules(rows_in, default, lambda s: rt.schedule(
+        speedup=s, window=window, warmup_layers=default.warmup_layers if not default.is_full else None))
+    news = [int(r.get("max_new_tokens") or config.max_new_tokens) for r in rows_in]
+    rows, elapsed = options.generate_texts(rt.backend, rt.tokenizer, [r["prompt"] for r in rows_in], schedules,
+                                           config, args.batch_size, show_progress=args.input is not None,
+                                           max_new_tokens=news)
     options.emit(rows, args.output)
-    print(options.summary(rows, elapsed, schedule), file=sys.stderr)
+    print(options.summary(rows, elapsed, schedules), file=sys.stderr)
     return 0

@@ -28,11 +28,12 @@ def _torch_layer_inputs(model, prompts, schedule, eos):
              for l, layer in enumerate(model.decoder_layers)]
     backend = TorchBackend(model)
     try:
-        rows = generate_ids(backend, prompts, schedule, GenerationConfig(NEW_TOKENS), eos, 0, batch_size=len(prompts))
+        rows = generate_ids(backend, prompts, schedule, GenerationConfig(NEW_TOKENS), eos, 0, batch_size=len(prompts),
+                            policy="static")  # calibration's own policy: rows held to the batch's end
     finally:
         for h in hooks:
             h.remove()
-    return seen, backend.cache, rows
+    return seen, backend, rows
 
 
 @pytest.mark.parametrize("name", ["llama-gqa", "opt-gqa", "llama-trt"])
@@ -53,23 +54,21 @@ def test_shards_hold_the_inputs_skip_decoding_produces(tiny_export, train_csv, t
         seen, cache, rows = _torch_layer_inputs(model, ids, schedule, tok.eos_ids)
     steps = index["shards"][0]["steps"]
     assert steps == [list(schedule.layers_for_step(t)) for t in range(len(steps))]
-    n = np.array(sorted(len(i) for i in ids))  # generate_ids batches rows by prompt length
-    P = n.max()
+    n = np.array(sorted(len(i) for i in ids))  # generate_ids adds rows by prompt length
     for l in range(L):
         feeds = list(shards.feeds(l, valid_only=False))
         assert len(feeds) == len(seen[l]) == 1 + sum(l in s for s in steps)  # prefill + the steps running l
-        pre, ref = feeds[0], seen[l][0].numpy()  # right-padded (ORT) vs left-padded (reference) prompt
+        pre, ref = feeds[0], seen[l][0].numpy()  # both right-padded: row b's position p at index p
         for b in range(len(ids)):
-            np.testing.assert_allclose(pre["hidden"][b, :n[b]], ref[b, P - n[b]:], rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(pre["hidden"][b, :n[b]], ref[b, :n[b]], rtol=1e-4, atol=1e-4)
         for i, (feed, ref) in enumerate(zip(feeds[1:], seen[l][1:])):
             np.testing.assert_allclose(feed["hidden"], ref.numpy(), rtol=1e-4, atol=1e-4)
-            # the past each row had at that call: the reference cache's slots for the same positions
+            # the past each row had at that call: the reference's KV at the same positions
             t = [s for s in range(len(steps)) if l in steps[s]][i]
             for b in range(len(ids)):
-                kv = slice(P - n[b], P + t)  # row b's prompt slots, then the t tokens decoded before
-                valid = n[b] + t
-                np.testing.assert_allclose(feed["past_key"][b, :, :valid], cache.k[l][b, :, kv].numpy(), atol=1e-4)
-                np.testing.assert_allclose(feed["past_value"][b, :, :valid], cache.v[l][b, :, kv].numpy(), atol=1e-4)
+                valid = n[b] + t  # row b's prompt, then the t tokens decoded before
+                np.testing.assert_allclose(feed["past_key"][b, :, :valid], cache.k[l][b, :, :valid].numpy(), atol=1e-4)
+                np.testing.assert_allclose(feed["past_value"][b, :, :valid], cache.v[l][b, :, :valid].numpy(), atol=1e-4)
                 assert not feed["past_key"][b, :, valid:].any()  # nothing past the row's keys
 
 

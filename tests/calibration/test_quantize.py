@@ -223,7 +223,7 @@ def test_split_phases_calibrate_prefill_and_decode_graphs_on_their_own_calls(tin
     # the runtime runs the decode graphs on decode steps only: the prefill's logits are the same as
     # with the prefill graphs everywhere, the decode steps' are not
     split, main_only = OnnxRuntimeBackend(out), OnnxRuntimeBackend(out)
-    main_only.decode_layers = main_only.layers
+    main_only.decode_sessions = main_only.layer_sessions
     tok = Tokenizer.from_dir(out)
     prompts = [tok.encode(p) for p in calibration_prompts(train_csv, 10, seed=3)[:3]]
     steps = list(lockstep(split, main_only, prompts, schedule, 6))

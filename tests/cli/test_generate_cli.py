@@ -80,7 +80,7 @@ def test_malformed_jsonl_names_file_and_line(tiny_checkpoints, tmp_path, capsys)
 def test_prompt_longer_than_positions(tiny_checkpoints, capsys):
     err = error_of(["generate", "--model", str(tiny_checkpoints["llama"]), "--prompt", " ".join(["w5"] * 125),
                     "--max-new-tokens", "8"], capsys)
-    assert "above the model's 128" in err
+    assert "133 positions, above the 128 of a KV row" in err
 
 
 @pytest.mark.parametrize("flags, bound", [

@@ -1,11 +1,10 @@
-"""The generation loop, driven through the PyTorch reference backend."""
+"""Generation on the engine, driven through the PyTorch reference backend."""
 
 import pytest
 
 from skipdecode.errors import SkipDecodeError
 from skipdecode.models.backend import TorchBackend
-from skipdecode.runtime import GenerationConfig, SamplingConfig, generate_ids, stream_batch
-from skipdecode.runtime.generate import StepEvent
+from skipdecode.runtime import Engine, EngineConfig, GenerationConfig, Request, SamplingConfig, generate_ids
 from skipdecode.schedule import Schedule
 
 PROMPTS = [[5, 9, 14, 3, 22, 7, 11], [31, 4], [8, 8, 40, 12], [60]]
@@ -36,15 +35,42 @@ def test_layer_calls_follow_the_schedule_and_kv_is_never_recomputed(tiny_models)
     model = tiny_models["llama"][1].model
     backend = TorchBackend(model)
     cfg = GenerationConfig(max_new_tokens=8, ignore_eos=True)
-    *_, rows = stream_batch(backend, PROMPTS[:2], SKIP, cfg, [2], 0)
-    P = len(PROMPTS[0])
-    assert backend.layer_calls[0] == (0, tuple(range(6)))  # prefill: every layer once
-    for t, (slot, layers) in enumerate(backend.layer_calls[1:]):
-        assert slot == P + t and layers == SKIP.layers_for_step(t)
-    assert len(backend.layer_calls) == 8  # 7 decode steps feed tokens 0..6; token 7 is not fed
-    # every layer's cache length = prompt + the steps that ran it: nothing written twice
-    assert backend.cache.lengths == [P + SKIP.steps_running_layer(l, 7) for l in range(6)]
+    rows = generate_ids(backend, PROMPTS[:2], SKIP, cfg, [2], 0, batch_size=2)
+    assert backend.calls[0] == ("prefill", (0, 2), tuple(range(6)))  # prefill: every layer once
+    decodes = backend.calls[1:]
+    assert len(decodes) == 7  # 7 decode steps feed tokens 0..6; token 7 is not fed
+    for t, (kind, ranges) in enumerate(decodes):
+        assert kind == "decode"
+        assert [l for l, (a, b) in enumerate(ranges) if a < b] == list(SKIP.layers_for_step(t))
+        assert all((a, b) in ((0, 2), (0, 0)) for a, b in ranges)
+    # every layer's KV length = prompt + the steps that ran it: nothing written twice
+    for r, p in enumerate(sorted(PROMPTS[:2], key=len)):  # rows in admission order: by length
+        assert backend.lengths[:, r].tolist() == [len(p) + SKIP.steps_running_layer(l, 7) for l in range(6)]
     assert rows[0].mean_layers == pytest.approx(SKIP.mean_layers(8))
+
+
+@pytest.mark.parametrize("name", ["llama", "opt"])
+def test_continuous_batching_with_mixed_speedups_equals_alone(tiny_models, name):
+    """Requests arriving at different steps, with their own schedules and lengths, share one
+    running batch of 3 rows; each equals itself generated alone."""
+    model = tiny_models[name][1].model
+    schedules = [Schedule.full(6), SKIP, Schedule.constant(6, 3), Schedule(6, 4, 1, window=5)]
+    reqs = [(3 * i, Request(p, 6 + 2 * i, schedules[i % 4], ignore_eos=i % 2 == 0))
+            for i, p in enumerate(PROMPTS + PROMPTS[::-1])]
+    engine = Engine(TorchBackend(model), [2], 0, EngineConfig(max_rows=3, max_len=32))
+    step, pending = 0, list(reqs)
+    while pending or engine.has_work:
+        while pending and pending[0][0] <= step:
+            engine.add(pending.pop(0)[1])
+        engine.step()
+        step += 1
+    moved = [c for c in engine.backend.calls if c[0] == "move"]
+    assert moved  # rows of different depths traded places
+    for _, r in reqs:
+        got = engine.pop_result(r.request_id)
+        solo = Engine(TorchBackend(model), [2], 0, EngineConfig(max_rows=1, max_len=32)).run(
+            [Request(r.prompt_ids, r.max_new_tokens, r.schedule, ignore_eos=r.ignore_eos)])[0]
+        assert got.token_ids == solo.token_ids and got.finish_reason == solo.finish_reason
 
 
 def test_skip_schedule_changes_outputs(tiny_models):
@@ -65,12 +91,18 @@ def test_eos_stops_a_row(tiny_models):
     assert row.finish_reason == "eos"
 
 
-def test_stop_check_ends_rows(tiny_models):
-    model = tiny_models["llama"][1].model
-    backend = TorchBackend(model)
-    rows = generate_ids(backend, PROMPTS, SKIP, GenerationConfig(max_new_tokens=10, ignore_eos=True), [2], 0,
-                        stop_check=lambda i, toks: len(toks) >= i + 2)
-    assert [r.tokens for r in rows] == [2, 3, 4, 5] and all(r.finish_reason == "stop" for r in rows)
+def test_stop_strings_end_rows(tiny_models):
+    from skipdecode.tokenizer import Tokenizer
+
+    loaded = tiny_models["llama"][1]
+    tok = loaded.tokenizer
+    free = run(loaded.model, PROMPTS[:1], ignore_eos=True)[0]
+    text = tok.decode(free.token_ids)
+    stop = text.split()[2]
+    rows = generate_ids(TorchBackend(loaded.model), PROMPTS[:1], SKIP,
+                        GenerationConfig(max_new_tokens=10, stop=(stop,), ignore_eos=True), [2], 0, tokenizer=tok)
+    assert rows[0].finish_reason == "stop" and rows[0].text == text[: text.index(stop)]
+    assert isinstance(tok, Tokenizer)
 
 
 def test_sampling_is_seeded(tiny_models):
@@ -82,21 +114,12 @@ def test_sampling_is_seeded(tiny_models):
     assert [r.token_ids for r in a] != [r.token_ids for r in c]
 
 
-def test_stream_yields_every_step(tiny_models):
-    model = tiny_models["llama"][1].model
-    events = list(stream_batch(TorchBackend(model), PROMPTS[:2], SKIP,
-                               GenerationConfig(max_new_tokens=5, ignore_eos=True), [2], 0))
-    steps, rows = events[:-1], events[-1]
-    assert all(isinstance(e, StepEvent) for e in steps) and len(steps) == 5
-    assert [e.token_ids[0] for e in steps] == rows[0].token_ids
-
-
 def test_prompt_too_long_is_refused_before_any_work(tiny_models):
     model = tiny_models["llama"][1].model  # 128 positions
     backend = TorchBackend(model)
-    with pytest.raises(SkipDecodeError, match="above the model's 128"):
+    with pytest.raises(SkipDecodeError, match="130 positions, above the 128 of a KV row"):
         generate_ids(backend, [[5] * 120], SKIP, GenerationConfig(max_new_tokens=10), [2], 0)
-    assert backend.layer_calls == []
+    assert backend.calls == []
 
 
 def test_schedule_for_another_depth_is_refused(tiny_models):
@@ -107,16 +130,20 @@ def test_schedule_for_another_depth_is_refused(tiny_models):
 def test_prefill_time_is_the_prompt_call_shared_across_its_rows(tiny_models, monkeypatch):
     """On a clock that the prompt call moves by 10 s and each decode call by 1 s, the rows of a
     batch share exactly its 10 s of prefill (decode calls are not counted)."""
-    from skipdecode.runtime import generate as gen
+    from skipdecode.runtime import engine as eng
 
     clock = [0.0]
-    monkeypatch.setattr(gen.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(eng.time, "perf_counter", lambda: clock[0])
 
     class Clocked(TorchBackend):
-        def forward(self, ids, positions, key_mask, slot, layers):
-            clock[0] += 10.0 if slot == 0 else 1.0
-            return super().forward(ids, positions, key_mask, slot, layers)
+        def prefill(self, *a):
+            clock[0] += 10.0
+            return super().prefill(*a)
+
+        def decode(self, *a):
+            clock[0] += 1.0
+            return super().decode(*a)
 
     rows = generate_ids(Clocked(tiny_models["llama"][1].model), PROMPTS, SKIP,
-                        GenerationConfig(max_new_tokens=6), eos_ids=[2], pad_id=0, batch_size=2)
-    assert [r.prefill_s for r in rows] == [5.0] * 4  # two batches of two rows
+                        GenerationConfig(max_new_tokens=6, ignore_eos=True), eos_ids=[2], pad_id=0, batch_size=2)
+    assert [r.prefill_s for r in rows] == [5.0] * 4  # two prefills of two rows (rows free together)

@@ -1,0 +1,123 @@
+"""`skipdecode bench-serve`: open-loop load on the engine, static batcher against continuous
+batching at full depth, at 3x and with a per-request mix of speedups (runtime/serve_bench.py).
+
+Without --rates it finds the peak: a saturating closed loop per configuration, then Poisson
+rates at half and 80% of the continuous full-depth peak."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+from skipdecode.errors import SkipDecodeError
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise SkipDecodeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def add_arguments(p):
+    p.add_argument("--export", required=True, help="export folder (onnxruntime)")
+    p.add_argument("--workload", choices=("e2e", "chat"), default="chat")
+    p.add_argument("--modes", default="static,continuous", help="static and/or continuous (default both)")
+    p.add_argument("--speedups", default="1,3,mix",
+                   help="continuous-batching speedups; 'mix' draws 1 or 3 per request (default 1,3,mix)")
+    p.add_argument("--rates", default=None, help="requests/s, comma-separated; 'inf' saturates (default: "
+                   "inf, then 0.5 and 0.8 of the continuous full-depth peak)")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of arrivals per rate (default 30)")
+    p.add_argument("--requests", type=int, default=None, help="requests of a saturating run (default 3 x --max-batch)")
+    p.add_argument("--max-batch", type=int, default=16, help="KV rows (default 16)")
+    p.add_argument("--window", type=int, default=32, help="the 3x schedule's window (default 32, as bench)")
+    p.add_argument("--data", default=None, help="E2E folder for --workload e2e (default ../shared/data/e2e)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--overhead", action="store_true", help="also measure the row-range mechanism's cost")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", required=True, help="output JSON (records and settings)")
+    p.add_argument("--plot", default=None, help="latency-vs-throughput PNG")
+
+
+def _jobs(args, rt, n: int):
+    from skipdecode.runtime import serve_bench as sb
+
+    if args.workload == "chat":
+        return sb.chat_jobs(n, rt.tokenizer.vocab_size, args.seed)
+    from skipdecode.datasets import E2E_TEST, find_e2e
+    from skipdecode.io import cache_root
+    from skipdecode.evaluation.data import load_examples
+
+    folder = find_e2e(args.data, cache_root() / "e2e")
+    examples = load_examples(Path(folder) / E2E_TEST)
+    prompts = [rt.tokenizer.encode(e.prompt) for e in examples]
+    lengths = [len(rt.tokenizer.encode(ref)) + 1 for e in examples for ref in e.references]
+    return sb.e2e_jobs(n, prompts, lengths, args.seed)
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from skipdecode.io import atomic_write_text
+    from skipdecode.runtime import serve_bench as sb
+    from skipdecode.runtime.api import Runtime
+    from skipdecode.schedule import Schedule
+
+    modes = [m for m in args.modes.split(",") if m]
+    if not modes or any(m not in sb.MODES for m in modes):
+        raise SkipDecodeError(f"--modes takes {', '.join(sb.MODES)}, got {args.modes!r}")
+    speedups = [s for s in args.speedups.split(",") if s]
+    rt = Runtime.load(args.export, threads=args.threads)
+    L = rt.num_layers
+    warm = rt.trained_schedule.warmup_layers if rt.trained_schedule else 1
+    solve = lambda s: Schedule.full(L) if s == 1 else Schedule.for_speedup(L, s, args.window, warm)  # noqa: E731
+    for s in speedups:
+        if s != "mix":
+            solve(float(s))  # a speedup the depth cannot reach fails here, before any run
+    n_sat = args.requests or 3 * args.max_batch
+    jobs = _jobs(args, rt, 4000)
+    max_len = max(len(j.prompt) + j.new_tokens for j in jobs)
+    rng = np.random.default_rng(args.seed)
+    mix = [solve(float(rng.choice([1.0, 3.0]))) for _ in jobs]
+    configs = [("static", "1")] if "static" in modes else []
+    configs += [("continuous", s) for s in speedups] if "continuous" in modes else []
+
+    def schedules(sp: str):
+        return mix if sp == "mix" else [solve(float(sp))] * len(jobs)
+
+    # warm-up: sessions, bindings and shapes stay out of the timed runs
+    sb.serve(rt.backend, jobs[:args.max_batch], schedules("1"), "continuous", float("inf"), args.max_batch, max_len)
+    records = []
+    for mode, sp in configs:
+        rec = sb.serve(rt.backend, jobs[:n_sat], schedules(sp), mode, float("inf"), args.max_batch, max_len,
+                       args.seed, label=sp)
+        print(json.dumps(sb.to_dicts([rec])[0]), file=sys.stderr)
+        records.append(rec)
+    if args.rates is not None:
+        rates = [r for r in _floats(args.rates) if np.isfinite(r)]
+    else:
+        base = next((r for r in records if r.mode == "continuous" and r.speedup == "1"), records[0])
+        rates = sb.peak_rates(base.requests_per_s)
+    for rate in rates:
+        n = max(1, int(rate * args.duration))
+        for mode, sp in configs:
+            rec = sb.serve(rt.backend, jobs[:n], schedules(sp), mode, rate, args.max_batch, max_len, args.seed,
+                           timeout_s=3 * args.duration, label=sp)
+            print(json.dumps(sb.to_dicts([rec])[0]), file=sys.stderr)
+            records.append(rec)
+    overhead = None
+    if args.overhead:
+        overhead = [sb.range_overhead(rt.backend, args.max_batch, s) for s in (solve(1.0), solve(3.0))]
+    report = {"machine": {"processor": platform.processor() or platform.machine(), "system": platform.platform()},
+              "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+              "records": sb.to_dicts(records), "range_overhead": overhead}
+    atomic_write_text(args.json, json.dumps(report, indent=1))
+    print(sb.records_table(records))
+    if overhead:
+        for o in overhead:
+            print(f"row ranges vs lockstep at batch {o['batch']}, {o['schedule']}: overhead {100 * o['overhead']:.1f}%")
+    if args.plot:
+        sb.plot(records, args.plot)
+    return 0
