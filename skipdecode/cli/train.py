@@ -85,7 +85,7 @@ def run(args) -> int:
         raise SkipDecodeError("--eval-every needs evaluation data: --eval-data or --holdout > 0")
     info = {"base_model": args.model, "distill_from": args.distill_from, "format": args.format or "auto",
             "data": list(args.data)}
-    trainer = Trainer(cfg, args.model, train, held, make_sampler(args), args.distill_from, args.resume, info)
+    trainer = Trainer(cfg, args.model, train, held, make_sampler(args), args.distill_from, args.resume, info).setup()
     if split is not None and trainer.is_main and not args.resume:
         atomic_write_text(Path(args.out) / "split.json", json.dumps(split, indent=2, ensure_ascii=False) + "\n")
     if trainer.is_main:
