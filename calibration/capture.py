@@ -167,8 +167,10 @@ class CaptureConfig:
     seed: int = 0
     """Seed of the prompt draw."""
     batch_size: int = 8
+    """Prompts generated together while capturing."""
     max_new_tokens: int = 48
-    """Greedy, stopping at EOS like deployment (the decode steps seen are the real ones)."""
+    """Decode steps per prompt at most: greedy, stopping at EOS like deployment (the decode steps
+    seen are the real ones)."""
 
     def __post_init__(self):
         for name in ("samples", "batch_size", "max_new_tokens"):

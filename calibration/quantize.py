@@ -56,7 +56,9 @@ class QuantConfig:
     per_channel: bool = False
     """int8 weights with one scale per output channel (int4 is always per block)."""
     head: str = "fp32"
+    """LM head precision: fp32 or quantized (the method applied to it too)."""
     embed: str = "fp32"
+    """Embedding table precision: fp32 or quantized (weight-only; saves file size, not time)."""
     block_size: int = 32
     """int4-weight: inputs per scale."""
     accuracy_level: int = 4
@@ -71,7 +73,7 @@ class QuantConfig:
     calibration/outliers.py)."""
     smooth_alpha: float | None = None
     """int8-static: SmoothQuant before calibration (calibration/smooth.py): each projection input's
-    per-channel range moves into the weights with this strength; 0: off. None: 0.5 (the paper's)
+    per-channel range moves into the weights with this strength; 0: off. Unset (None): 0.5 (the paper's)
     for int8-static, off otherwise."""
 
     split_phases: bool = False

@@ -41,19 +41,25 @@ REFERENCE = "ort-genai"
 @dataclass(frozen=True)
 class BenchConfig:
     batch_sizes: tuple[int, ...] = (1, 8, 32)
+    """Rows generated together; every batch size is measured in turn."""
     speedups: tuple[float, ...] = (1.0, 2.0, 3.0, 5.0)
     """Target speedups; 1 (full depth, the base of measured speedups) is always measured."""
     prompt_len: int = 32
+    """Random prompt tokens per row."""
     new_tokens: int = 32
+    """Tokens generated per row, EOS ignored."""
     window: int | None = None
     """Steps over which n_t decays (default: new_tokens, so the target holds over the run)."""
     warmup_layers: int = 1
+    """Bottom layers every token runs."""
     decay: str = "linear"
+    """How n_t falls over the window: linear or power."""
     warmup: int = 1
     """Untimed runs of every configuration before the timed ones."""
     repeats: int = 3
     """Timed runs of every configuration; records report medians."""
     seed: int = 0
+    """Seed of the random prompt ids."""
     static: bool = False
     """Constant schedules (static layer dropping): round(L / s) layers at every step."""
 

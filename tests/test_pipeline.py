@@ -4,6 +4,7 @@ on ONNX Runtime, score; a second run re-uses every stage's output."""
 from pathlib import Path
 
 from skipdecode.errors import SkipDecodeError
+from skipdecode.evaluation.metrics import corpus_bleu, rouge_l
 from skipdecode.pipeline import DemoConfig, run_demo
 
 import pytest
@@ -34,7 +35,13 @@ def test_demo_pipeline(export_checkpoints, data, tmp_path, capsys):
     full, skip = results["full"], results["skip"]
     assert full["mean_layers"] == 6 and skip["mean_layers"] < 6
     assert skip["schedule"].speedup == pytest.approx(2, rel=0.1)  # the schedule it was fine-tuned under
-    assert len(full["rows"]) == 3 and 0 <= full["rouge_l"] <= 100
+    assert len(full["rows"]) == 3
+    # scored against the first three test MRs' own references, on the printed (stripped) outputs
+    refs = [[ref] for _, ref in ROWS[:3]]
+    assert [e.references for e in results["examples"]] == refs
+    for r in (full, skip):
+        assert r["rouge_l"] == pytest.approx(rouge_l([row.text.strip() for row in r["rows"]], refs))
+        assert r["bleu"] == pytest.approx(corpus_bleu([row.text.strip() for row in r["rows"]], refs))
     out = capsys.readouterr().out
     assert "realised layer speedup" in out and "MR:   w3 w4 w5" in out
     again = run_demo(cfg)  # stages already done are skipped, same greedy outputs

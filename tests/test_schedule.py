@@ -1,16 +1,9 @@
 """Schedule properties: monotone, budget met, bounds enforced, prefix structure, JSON."""
 
-import doctest
-
 import pytest
 from hypothesis import given, settings, strategies as st
 
-import skipdecode.schedule as schedule_module
 from skipdecode.schedule import Schedule
-
-
-def test_doctests():
-    assert doctest.testmod(schedule_module).failed == 0
 
 
 @st.composite

@@ -73,6 +73,17 @@ def checkpoint_bytes(model: torch.nn.Module, with_state: bool = True) -> int:
     return weights + moments
 
 
+def disk_warning(out: Path, model: torch.nn.Module, saves: int, keep: int) -> str | None:
+    """A warning when ``out``'s disk may not hold the checkpoints on it at once: ``saves`` more
+    numbered ones of which ``keep`` are kept (0: all), the one being written and the final one."""
+    at_once = (min(keep, saves) if keep else saves) + 2
+    size, free = checkpoint_bytes(model), free_bytes(out)
+    if free >= at_once * size:
+        return None
+    return (f"{free / 1e9:.1f} GB free under {out}, and up to {at_once} checkpoints of ~{size / 1e9:.2f} GB "
+            "may be on disk at once")
+
+
 def _write(model, tokenizer_dir: Path, dst: Path, info: dict, trainer_state: dict | None) -> None:
     from safetensors.torch import save_file
 

@@ -43,7 +43,7 @@ class TrainConfig:
     eval_samples: int = 4
     """Held-out prompts decoded greedily under the schedule at each evaluation."""
     max_new_tokens: int = 64
-    """Length cap of those greedy samples."""
+    """Length cap, in tokens, of the greedy samples decoded at each evaluation."""
     max_length: int = 256
     """Examples longer than this (prompt + target tokens) are dropped, with a count."""
     distill_weight: float = 0.5

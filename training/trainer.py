@@ -5,6 +5,10 @@ The loop is written against ``accelerate.Accelerator`` (one process on a CPU; DD
 precision under ``accelerate launch``). Everything that decides the next step (weights,
 optimizer, LR schedule, data position, RNG) is saved in checkpoints, so a resumed run takes the
 same steps as an uninterrupted one.
+
+Laid out as torchtune's recipes are: ``__init__`` reads the settings, :meth:`Trainer.setup`
+builds the model, data and optimizer and loads the checkpoint to resume, :meth:`Trainer.run`
+is the loop.
 """
 
 from __future__ import annotations
@@ -13,9 +17,7 @@ import contextlib
 import json
 import math
 import random
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,8 @@ from skipdecode.training import checkpoint as ckpt
 from skipdecode.training.config import TrainConfig
 from skipdecode.training.data import BatchStream, Example, collate, tokenize
 from skipdecode.training.evaluate import batch_loss, dev_loss, distill_kl, greedy_samples, spread
+from skipdecode.training.loop import LossWindow, graceful_interrupt
+from skipdecode.training.optim import make_optimizer
 from skipdecode.training.schedules import ScheduleSampler
 
 LOG_FILE = "log.jsonl"
@@ -44,132 +48,151 @@ class TrainResult:
     checkpoint: Path | None
     interrupted: bool
     train_loss: float | None
-    """Mean training loss over the last logging interval."""
+    """Mean training loss over the last logging interval (over all processes)."""
 
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up reaching the peak at step ``warmup``, then linear decay (never exactly 0).
-
-    >>> [round(lr_factor(s, 2, 6), 2) for s in range(6)]
-    [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]
-    """
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
+def mixed_precision(setting: str) -> str:
+    """accelerate's mixed precision for a ``TrainConfig.mixed_precision`` setting."""
+    if setting == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return setting
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices only (not norms, biases), the usual AdamW recipe."""
-    decay, rest = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else rest).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-
-
-@contextlib.contextmanager
-def graceful_interrupt(signals=(signal.SIGINT, signal.SIGTERM)):
-    """The first Ctrl-C (or SIGTERM) sets a flag the loop checks between steps; it then writes
-    a checkpoint and stops. A second Ctrl-C interrupts at once, without one."""
-    flag = {"stop": False}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-    previous = {s: signal.getsignal(s) for s in signals}
-
-    def handler(signum, frame):
-        flag["stop"] = True
-        print(f"\nskipdecode train: {signal.Signals(signum).name}: finishing this step and writing a checkpoint "
-              "(Ctrl-C again to quit without one)", file=sys.stderr)
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-    for s in signals:
-        signal.signal(s, handler)
-    try:
-        yield flag
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+def first_per_prompt(examples: Sequence[Example]) -> list[Example]:
+    """The first example of each distinct prompt, in order (one greedy sample per prompt)."""
+    seen, firsts = set(), []
+    for e in examples:
+        if e.prompt not in seen:
+            seen.add(e.prompt)
+            firsts.append(e)
+    return firsts
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, model_spec: str, train_examples: Sequence[Example],
                  eval_examples: Sequence[Example], make_sampler: Callable[[int, object], ScheduleSampler],
                  distill_from: str | None = None, resume: bool = False, extra_info: dict | None = None):
-        """``make_sampler(num_layers, trained_schedule)`` builds the schedule sampler once the
+        """Reads the settings only: nothing is loaded or written before :meth:`setup`.
+
+        ``make_sampler(num_layers, trained_schedule)`` builds the schedule sampler once the
         model's depth is known; ``extra_info`` is recorded in each checkpoint's skipdecode.json."""
         from accelerate import Accelerator
 
         self.cfg = cfg
         self.out = Path(cfg.out)
+        self.model_spec = model_spec
+        self.train_examples, self.eval_examples = train_examples, eval_examples
+        self.make_sampler = make_sampler
+        self.distill_from = distill_from
+        self.resume = resume
         self.extra_info = dict(extra_info or {})
-        mp = cfg.mixed_precision
-        if mp == "auto":
-            mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-        self.accelerator = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
+        self.accelerator = Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision),
+                                       cpu=not torch.cuda.is_available())
         self.is_main = self.accelerator.is_main_process
-        self.resume_state = None
+        self.resume_path: Path | None = None
+        self.teacher = None
+        self.step = 0
+        self.last_stats: dict = {}
+        self.train_loss: float | None = None
+        self._is_set_up = False
+
+    # ---- setup --------------------------------------------------------------------------------
+    def setup(self) -> "Trainer":
+        """Model, data, optimizer, then the checkpoint to resume; returns ``self``. Refuses at once,
+        before loading anything, an --out that already holds checkpoints (without ``resume``) or
+        that holds none (with it)."""
+        self.resume_path = self._checkpoint_to_resume()
+        self._setup_model()
+        self._setup_data()
+        self.rng = random.Random(self.cfg.seed)  # the schedule draws; saved in checkpoints
+        torch.manual_seed(self.cfg.seed)
+        self._setup_optimizer()
+        if self.resume_path is not None:
+            self.load_checkpoint(self.resume_path)
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if self.distill_from:
+            self._setup_teacher()
+        self._is_set_up = True
+        return self
+
+    def _checkpoint_to_resume(self) -> Path | None:
         found = ckpt.list_checkpoints(self.out) if self.out.exists() else []
-        if resume:
+        if self.resume:
             if not found:
                 raise SkipDecodeError(f"--resume: no checkpoint with {ckpt.TRAINER_STATE} in {self.out}")
-            self.resume_path = found[-1][1]
-            self.resume_state = ckpt.load_trainer_state(self.resume_path)
-            model_spec = str(self.resume_path)
-        elif found:
+            return found[-1][1]
+        if found:
             raise SkipDecodeError(f"{self.out} already holds checkpoints: pass --resume to continue, "
                                   f"or choose another --out")
+        return None
 
-        loaded = load_model(model_spec)
+    def _setup_model(self) -> None:
+        """The student (from the checkpoint when resuming), its tokenizer and the schedule sampler."""
+        spec = str(self.resume_path) if self.resume_path is not None else self.model_spec
+        loaded = load_model(spec)
         self.tokenizer = loaded.tokenizer
-        # one copy of the tokenizer in the run folder: the folder a run resumed from may be pruned
-        self.tokenizer_dir = self.out / "tokenizer"
-        if self.is_main and not (self.tokenizer_dir / "tokenizer.json").exists():
-            self.tokenizer_dir.mkdir(parents=True, exist_ok=True)
-            copy_tokenizer(loaded.path, self.tokenizer_dir)
+        self.tokenizer_dir = self._write_tokenizer(loaded.path)
         self.model = loaded.model.train()
-        self.sampler = make_sampler(self.model.num_layers, loaded.schedule)
-        self.base_model = self.extra_info.get("base_model", model_spec)
+        self.sampler = self.make_sampler(self.model.num_layers, loaded.schedule)
+        self.base_model = self.extra_info.get("base_model", spec)
 
-        self.pairs, dropped = tokenize(train_examples, self.tokenizer, cfg.max_length)
+    def _write_tokenizer(self, source: Path) -> Path:
+        """One copy of the tokenizer in the run folder, which every checkpoint copies: the folder a
+        run resumed from may be pruned."""
+        folder = self.out / "tokenizer"
+        if self.is_main and not (folder / "tokenizer.json").exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            copy_tokenizer(source, folder)
+        return folder
+
+    def _setup_data(self) -> None:
+        """Tokenized training pairs and their batch order, the dev-loss pairs and the prompts
+        sampled at each evaluation; the run's length in optimizer steps."""
+        cfg = self.cfg
+        self.pairs, dropped = tokenize(self.train_examples, self.tokenizer, cfg.max_length)
         if not self.pairs:
             raise SkipDecodeError(f"no training example fits in --max-length {cfg.max_length} tokens")
         if dropped and self.is_main:
             print(f"skipdecode train: dropped {dropped} examples longer than {cfg.max_length} tokens", file=sys.stderr)
-        eval_pool = spread(list(eval_examples), cfg.eval_examples)
-        self.eval_pairs, _ = tokenize(eval_pool, self.tokenizer, cfg.max_length)
-        seen, firsts = set(), []
-        for e in eval_examples:  # one sample per distinct prompt
-            if e.prompt not in seen:
-                seen.add(e.prompt)
-                firsts.append(e)
-        self.sample_examples = spread(firsts, cfg.eval_samples)
-
+        self.eval_pairs, _ = tokenize(spread(list(self.eval_examples), cfg.eval_examples), self.tokenizer,
+                                      cfg.max_length)
+        self.sample_examples = spread(first_per_prompt(self.eval_examples), cfg.eval_samples)
         self.stream = BatchStream([len(p) + len(t) for p, t in self.pairs], cfg.batch_size, cfg.seed)
-        per_epoch = math.ceil(len(self.stream) / self.accelerator.num_processes)
-        self.total_steps = cfg.total_steps(per_epoch)
-        self.rng = random.Random(cfg.seed)
-        torch.manual_seed(cfg.seed)
+        self.total_steps = cfg.total_steps(math.ceil(len(self.stream) / self.accelerator.num_processes))
 
-        device = self.accelerator.device
-        self.model.to(device)
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, cfg.warmup_steps, self.total_steps))
-        self.step = 0
-        self.last_stats: dict = {}
-        if self.resume_state is not None:
-            self._restore(self.resume_state)
-        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+    def _setup_optimizer(self) -> None:
+        self.model.to(self.accelerator.device)
+        self.optimizer, self.scheduler = make_optimizer(self.model, self.cfg, self.total_steps)
 
-        self.teacher = None
-        if distill_from:
-            teacher = load_model(distill_from, device=str(device))
-            if teacher.model.config.vocab_size != self.model_config.vocab_size:
-                raise SkipDecodeError(f"--distill-from {distill_from}: vocabulary {teacher.model.config.vocab_size} "
-                                      f"differs from the student's {self.model_config.vocab_size}")
-            self.teacher = teacher.model.eval().requires_grad_(False)
+    def _setup_teacher(self) -> None:
+        teacher = load_model(self.distill_from, device=str(self.accelerator.device))
+        if teacher.model.config.vocab_size != self.model_config.vocab_size:
+            raise SkipDecodeError(f"--distill-from {self.distill_from}: vocabulary {teacher.model.config.vocab_size} "
+                                  f"differs from the student's {self.model_config.vocab_size}")
+        self.teacher = teacher.model.eval().requires_grad_(False)
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Continue from ``path``'s trainer state: step, data position, optimizer, LR schedule and
+        RNGs. Refuses a run whose data order, data or schedule flags differ from the checkpoint's."""
+        state = ckpt.load_trainer_state(path)
+        saved = state["config"]
+        changed = [k for k in RESUME_FIXED if saved.get(k) != getattr(self.cfg, k)]
+        if changed:
+            raise SkipDecodeError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in changed)} differ from "
+                                  f"the checkpoint's ({', '.join(f'{k}={saved.get(k)}' for k in changed)})")
+        if state["num_train"] != len(self.pairs):
+            raise SkipDecodeError(f"--resume: {len(self.pairs)} training examples, the checkpoint was trained on "
+                                  f"{state['num_train']} (give the same --data)")
+        if state["sampler"] != self.sampler.to_dict():
+            raise SkipDecodeError("--resume: the schedule flags differ from the checkpoint's (skipdecode.json)")
+        self.step = int(state["step"])
+        self.stream.load_state_dict(state["stream"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["lr_scheduler"])
+        self.rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
 
     # ---- state --------------------------------------------------------------------------------
     @property
@@ -196,26 +219,6 @@ class Trainer:
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
-
-    def _restore(self, state: dict) -> None:
-        saved = state["config"]
-        changed = [k for k in RESUME_FIXED if saved.get(k) != getattr(self.cfg, k)]
-        if changed:
-            raise SkipDecodeError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in changed)} differ from "
-                                  f"the checkpoint's ({', '.join(f'{k}={saved.get(k)}' for k in changed)})")
-        if state["num_train"] != len(self.pairs):
-            raise SkipDecodeError(f"--resume: {len(self.pairs)} training examples, the checkpoint was trained on "
-                                  f"{state['num_train']} (give the same --data)")
-        if state["sampler"] != self.sampler.to_dict():
-            raise SkipDecodeError("--resume: the schedule flags differ from the checkpoint's (skipdecode.json)")
-        self.step = int(state["step"])
-        self.stream.load_state_dict(state["stream"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["lr_scheduler"])
-        self.rng.setstate(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
 
     def info(self) -> dict:
         return {**self.sampler.to_dict(), "base_model": self.base_model, "step": self.step,
@@ -313,69 +316,36 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         return record
 
-    def _mean_over_processes(self, value: float) -> float:
-        if self.accelerator.num_processes == 1:
-            return value
-        t = torch.tensor([value], device=self.accelerator.device)
-        return float(self.accelerator.reduce(t, reduction="mean"))
-
-    def _warn_if_disk_is_short(self) -> None:
-        """Checkpoints on disk at once: the kept ones, the one being written and the final one."""
-        cfg = self.cfg
-        saves = (self.total_steps - self.step) // cfg.save_every if cfg.save_every else 0
-        at_once = (min(cfg.keep_checkpoints, saves) if cfg.keep_checkpoints else saves) + 2
-        size = ckpt.checkpoint_bytes(self.unwrapped)
-        free = ckpt.free_bytes(self.out)
-        if free < at_once * size:
-            print(f"skipdecode train: warning: {free / 1e9:.1f} GB free under {self.out}, and up to {at_once} "
-                  f"checkpoints of ~{size / 1e9:.2f} GB may be on disk at once", file=sys.stderr)
-
     # ---- the loop -----------------------------------------------------------------------------
     def run(self, hooks: Sequence[Callable[["Trainer"], None]] = ()) -> TrainResult:
-        """Train to the last step; ``hooks`` run after every step (tests use them)."""
+        """Train to the last step (setting up first if :meth:`setup` was not called); ``hooks``
+        run after every step (tests use them)."""
         from tqdm import tqdm
 
+        if not self._is_set_up:
+            self.setup()
         cfg = self.cfg
-        if self.resume_state is not None:
-            self._trim_log()
-            self.log({"event": "resume", "step": self.step, "from": str(self.resume_path)})
-        else:
-            self.log({"event": "start", "step": 0, "total_steps": self.total_steps, "train_examples": len(self.pairs),
-                      "config": cfg.to_dict(), **self.info(), "describe": self.sampler.saved().describe()})
-            if cfg.eval_every:
-                self.evaluate()
-        if self.is_main:
-            self._warn_if_disk_is_short()
+        self._begin()
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", file=sys.stderr,
                    disable=not (cfg.progress and self.is_main), dynamic_ncols=True)
-        window = {"loss": 0.0, "n": 0, "tokens": 0, "time": 0.0}
-        ema = None
-        last_loss = None
+        window = LossWindow()
         interrupted = False
         with graceful_interrupt() as flag:
             while self.step < self.total_steps and not flag["stop"]:
                 t0 = time.perf_counter()
                 stats = self.last_stats = self.train_step()
-                dt = time.perf_counter() - t0
-                ema = stats["loss"] if ema is None else 0.9 * ema + 0.1 * stats["loss"]
-                for k, v in (("loss", stats["loss"]), ("n", 1), ("tokens", stats["tokens"]), ("time", dt)):
-                    window[k] += v
-                bar.set_postfix(loss=f"{ema:.3f}", tok_s=f"{stats['tokens'] * self.accelerator.num_processes / dt:.0f}",
+                seconds = time.perf_counter() - t0
+                window.add(stats["loss"], stats["tokens"], seconds)
+                bar.set_postfix(loss=f"{window.ema:.3f}",
+                                tok_s=f"{stats['tokens'] * self.accelerator.num_processes / seconds:.0f}",
                                 lr=f"{stats['lr']:.2e}", refresh=False)
                 bar.update(1)
                 for hook in hooks:
                     hook(self)
                 done = self.step >= self.total_steps
-                if cfg.log_every and (self.step % cfg.log_every == 0 or done):
-                    last_loss = self._mean_over_processes(window["loss"] / window["n"])
-                    self.log({"event": "train", "step": self.step, "epoch": self.stream.epoch,
-                              "loss": round(last_loss, 5), "lr": stats["lr"],
-                              "grad_norm": round(stats.get("grad_norm", 0.0), 4),
-                              "step_s": round(window["time"] / window["n"], 3),
-                              "tokens_per_s": round(window["tokens"] * self.accelerator.num_processes / window["time"], 1),
-                              **({k: round(stats[k], 5) for k in ("ce", "kl")} if "kl" in stats else {})})
-                    window = {"loss": 0.0, "n": 0, "tokens": 0, "time": 0.0}
-                if cfg.eval_every and (self.step % cfg.eval_every == 0 or done):
+                if self._due(cfg.log_every, done):
+                    self._log_train(window, stats)
+                if self._due(cfg.eval_every, done):
                     self.evaluate()
                 if flag["stop"] and not done:
                     interrupted = True
@@ -383,10 +353,48 @@ class Trainer:
                 if cfg.save_every and self.step % cfg.save_every == 0 and not done:
                     self.save(ckpt.checkpoint_name(self.step))
         bar.close()
-        if window["n"]:
-            last_loss = window["loss"] / window["n"]
-        if interrupted:
-            path = self.save(ckpt.checkpoint_name(self.step))
+        if window.steps:  # steps past the last train record (log_every 0, or Ctrl-C between records)
+            self.train_loss = self._window_loss(window)
+        path = self.save(ckpt.checkpoint_name(self.step) if interrupted else ckpt.FINAL)
+        return TrainResult(self.step, path, interrupted, self.train_loss)
+
+    def _begin(self) -> None:
+        """The log's first record (start, or resume after trimming what the checkpoint has not
+        seen), the step-0 evaluation of a fresh run, and the disk-space warning."""
+        if self.resume_path is not None:
+            self._trim_log()
+            self.log({"event": "resume", "step": self.step, "from": str(self.resume_path)})
         else:
-            path = self.save(ckpt.FINAL)
-        return TrainResult(self.step, path, interrupted, last_loss)
+            self.log({"event": "start", "step": 0, "total_steps": self.total_steps, "train_examples": len(self.pairs),
+                      "config": self.cfg.to_dict(), **self.info(), "describe": self.sampler.saved().describe()})
+            if self.cfg.eval_every:
+                self.evaluate()
+        if self.is_main:
+            saves = (self.total_steps - self.step) // self.cfg.save_every if self.cfg.save_every else 0
+            warning = ckpt.disk_warning(self.out, self.unwrapped, saves, self.cfg.keep_checkpoints)
+            if warning:
+                print(f"skipdecode train: warning: {warning}", file=sys.stderr)
+
+    def _due(self, every: int, done: bool) -> bool:
+        """Every ``every`` steps and at the last one; never when ``every`` is 0."""
+        return bool(every) and (self.step % every == 0 or done)
+
+    def _window_loss(self, window: LossWindow) -> float:
+        """The window's mean loss over every process's batches: what the log and the result report."""
+        return self._mean_over_processes(window.mean_loss())
+
+    def _log_train(self, window: LossWindow, stats: dict) -> None:
+        self.train_loss = self._window_loss(window)
+        self.log({"event": "train", "step": self.step, "epoch": self.stream.epoch,
+                  "loss": round(self.train_loss, 5), "lr": stats["lr"],
+                  "grad_norm": round(stats.get("grad_norm", 0.0), 4),
+                  "step_s": round(window.step_seconds(), 3),
+                  "tokens_per_s": round(window.tokens * self.accelerator.num_processes / window.seconds, 1),
+                  **({k: round(stats[k], 5) for k in ("ce", "kl")} if "kl" in stats else {})})
+        window.reset()
+
+    def _mean_over_processes(self, value: float) -> float:
+        if self.accelerator.num_processes == 1:
+            return value
+        t = torch.tensor([value], device=self.accelerator.device)
+        return float(self.accelerator.reduce(t, reduction="mean"))

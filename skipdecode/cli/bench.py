@@ -3,38 +3,16 @@ model's ideal and against monolithic baselines (transformers, ONNX Runtime GenAI
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from skipdecode.cli.dataclass_args import add_fields, comma_list, from_args
 from skipdecode.errors import SkipDecodeError
+from skipdecode.runtime.bench import BenchConfig
+from skipdecode.schedule import DECAYS
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 BASELINES = ("hf", "ort-genai")
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _names(choices):
-    def parse(text: str) -> tuple[str, ...]:
-        names = tuple(x.strip() for x in text.split(",") if x.strip())
-        bad = [n for n in names if n not in choices]
-        if bad:
-            raise argparse.ArgumentTypeError(f"unknown {', '.join(bad)} (choose from {', '.join(choices)})")
-        return names
-    return parse
 
 
 def add_arguments(p):
@@ -42,25 +20,14 @@ def add_arguments(p):
     src.add_argument("--model", help="smollm2-135m, an HF checkpoint folder or a .gguf: the torch backend's model and "
                      "the --compare baselines' (default: the export's source, else smollm2-135m)")
     src.add_argument("--export", help="per-layer export folder (onnxruntime) or engine folder (tensorrt)")
-    p.add_argument("--backend", type=_names(BACKENDS), default=None,
+    p.add_argument("--backend", type=comma_list(str, BACKENDS), default=None,
                    help="comma-separated: torch, onnxruntime, tensorrt (default: torch with --model, "
                    "onnxruntime with --export)")
-    p.add_argument("--compare", type=_names(BASELINES), default=(),
+    p.add_argument("--compare", type=comma_list(str, BASELINES), default=(),
                    help="baselines measured in the same run on the same checkpoint: hf (transformers "
                    "generate), ort-genai (ONNX Runtime GenAI's model builder graph, Llama family only)")
-    p.add_argument("--batch-sizes", type=_ints, default=(1, 8, 32), help="default 1,8,32")
-    p.add_argument("--speedups", type=_floats, default=(1.0, 2.0, 3.0, 5.0),
-                   help="target speedups (default 1,2,3,5; 1 is always measured)")
-    p.add_argument("--prompt-len", type=int, default=32, help="prompt tokens per row (default 32)")
-    p.add_argument("--new-tokens", type=int, default=32, help="tokens generated per row, EOS ignored (default 32)")
-    p.add_argument("--window", type=int, default=None, help="schedule window (default: --new-tokens)")
-    p.add_argument("--warmup-layers", type=int, default=1, help="bottom layers every token runs (default 1)")
-    p.add_argument("--decay", choices=("linear", "power"), default="linear")
-    p.add_argument("--static", action="store_true",
-                   help="constant schedules (static layer dropping, the baseline): round(L/s) layers every step")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs per configuration (default 1)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per configuration; medians (default 3)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random prompt ids")
+    g = p.add_argument_group("measurement (BenchConfig, runtime/bench.py)")
+    add_fields(g, BenchConfig, choices={"decay": DECAYS})
     p.add_argument("--json", help="write the records (and machine info) to this JSON file")
     p.add_argument("--plot", help="write tokens/s against batch size to this PNG")
     p.add_argument("--device", default="cpu", help="cpu or cuda, for every backend (default cpu)")
@@ -146,8 +113,7 @@ def run(args) -> int:
         raise SkipDecodeError(f"--threads must be >= 1, got {args.threads}")
     if args.export is not None and not Path(args.export).is_dir():
         raise SkipDecodeError(f"--export {args.export}: no such folder")
-    config = bench.BenchConfig(args.batch_sizes, args.speedups, args.prompt_len, args.new_tokens, args.window,
-                               args.warmup_layers, args.decay, args.warmup, args.repeats, args.seed, args.static)
+    config = from_args(BenchConfig, args)
     machine = Machine(args.mem_bw, args.gflops)
 
     hf_dir = None

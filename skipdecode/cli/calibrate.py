@@ -6,59 +6,35 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from skipdecode.calibration.capture import CaptureConfig
+from skipdecode.calibration.quantize import CALIBRATION_METHODS, METHODS, PRECISIONS, TARGETS, QuantConfig
 from skipdecode.cli import options
+from skipdecode.cli.dataclass_args import add_fields, from_args
 from skipdecode.errors import SkipDecodeError
-
-METHODS = ("int8-dynamic", "int8-static", "int4-weight")
 
 
 def add_arguments(p):
     p.add_argument("export", metavar="EXPORT_DIR", help="a float32 `skipdecode export` folder")
     p.add_argument("--out", required=True, help="the quantized export folder to write")
-    p.add_argument("--method", required=True, choices=METHODS,
-                   help="int8-dynamic (weights int8, activations per call), int8-static (QDQ, activation scales "
-                   "from calibration data), int4-weight (MatMulNBits)")
     p.add_argument("--data", help="task prompts from a training file (E2E CSV or JSONL; never the test set), or a "
                    "calibration folder captured before (index.json). Needed by int8-static; otherwise its "
                    "prompts only feed the agreement check")
     p.add_argument("--format", choices=["e2e", "jsonl"], help="--data format (default: from the extension)")
-    p.add_argument("--target", choices=["onnxruntime", "tensorrt"],
-                   help="default: the export's own (tensorrt: int8-static with symmetric int8 Q/DQ)")
-    p.add_argument("--samples", type=int, default=32, help="calibration prompts (default 32)")
-    p.add_argument("--per-channel", action="store_true", help="int8 weights with one scale per output channel")
     p.add_argument("--calibration-schedule", choices=["deployment", "full"], default="deployment",
                    help="run the calibration prompts under the deployment schedule (default) or at full depth")
     p.add_argument("--shards", help="folder for the captured calibration data (default: OUT.calib; reused when it "
                    "holds the same capture)")
-    p.add_argument("--head", choices=["fp32", "quantized"], default="fp32",
-                   help="LM head precision (default fp32)")
-    p.add_argument("--embed", choices=["fp32", "quantized"], default="fp32",
-                   help="embedding table precision (default fp32; quantized saves file size only)")
-    p.add_argument("--block-size", type=int, default=32, help="int4-weight: inputs per scale (default 32)")
-    p.add_argument("--accuracy-level", type=int, default=4,
-                   help="int4-weight: MatMulNBits compute (4 = int8, fast on CPU; 0 = fp32) (default 4)")
-    p.add_argument("--outlier-ratio", type=float, default=2.0,
-                   help="int8-static: a MatMul whose static input scale costs more than R times the per-call "
-                   "rounding error is quantized per call instead (tensorrt: kept fp32); inf: all static (default 2)")
-    p.add_argument("--calibration-method", choices=["minmax", "percentile"], default="minmax",
-                   help="int8-static: activation range from every recorded call (minmax) or the 99.99th "
-                   "percentile of the recorded values, clipping rare massive activations (default minmax)")
-    p.add_argument("--smooth", type=float, metavar="ALPHA",
-                   help="int8-static: SmoothQuant first, moving each projection input's outlier channels into the "
-                   "weights with strength ALPHA in [0, 1); 0 turns it off (default 0.5, the paper's)")
-    p.add_argument("--split-phases", action="store_true",
-                   help="int8-static: calibrate each layer graph on prefill calls only and write a decode graph "
-                   "(layer_NNN.decode.onnx) calibrated on the decode steps alone, for the layers the schedule runs "
-                   "while decoding (onnxruntime; the export grows by those layers)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the prompt draw (default 0)")
-    p.add_argument("--batch-size", type=int, default=8, help="calibration generation batch (default 8)")
-    p.add_argument("--max-new-tokens", type=int, default=48, help="decode steps per calibration prompt (default 48)")
     p.add_argument("--check-prompts", type=int, default=8,
                    help="prompts (not used for calibration) of the teacher-forced agreement check against the fp32 "
                    "export, recorded in the manifest; 0 skips it (default 8)")
     p.add_argument("--check-tokens", type=int, default=16, help="tokens per check prompt (default 16)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    quant = p.add_argument_group("quantization (QuantConfig, calibration/quantize.py)")
+    add_fields(quant, QuantConfig, flags={"smooth_alpha": "--smooth"}, metavars={"smooth_alpha": "ALPHA"},
+               choices={"method": METHODS, "target": TARGETS, "head": PRECISIONS, "embed": PRECISIONS,
+                        "calibration_method": CALIBRATION_METHODS})
+    add_fields(p.add_argument_group("calibration data (CaptureConfig, calibration/capture.py)"), CaptureConfig)
     options.add_schedule_arguments(p)
 
 
@@ -71,16 +47,14 @@ def _random_prompts(vocab: int, n: int, seed: int) -> list[list[int]]:
 
 def run(args) -> int:
     from skipdecode.calibration import capture as cap
-    from skipdecode.calibration.quantize import QuantConfig, check_inputs, export_schedule, quantize_export
+    from skipdecode.calibration.quantize import check_inputs, export_schedule, quantize_export
     from skipdecode.runtime.manifest import load_manifest
     from skipdecode.schedule import Schedule
     from skipdecode.tokenizer import Tokenizer
 
     source, out = Path(args.export), Path(args.out)
     manifest = load_manifest(source)
-    config = QuantConfig(args.method, args.target, args.per_channel, args.head, args.embed, args.block_size,
-                         args.accuracy_level, args.outlier_ratio, args.calibration_method, args.smooth,
-                         args.split_phases)
+    config = from_args(QuantConfig, args)
     if args.check_prompts < 0 or args.check_tokens < 1:
         raise SkipDecodeError("--check-prompts must be >= 0 and --check-tokens >= 1")
     data = Path(args.data).resolve() if args.data else None
@@ -89,7 +63,7 @@ def run(args) -> int:
     check_inputs(manifest, config, source, data is not None)
     if out.exists() and not args.overwrite:
         raise SkipDecodeError(f"{out}: already exists (pass --overwrite to replace it)")
-    capture_cfg = cap.CaptureConfig(args.samples, args.seed, args.batch_size, args.max_new_tokens)
+    capture_cfg = from_args(CaptureConfig, args)
     L = manifest["num_layers"]
     deployment = options.build_schedule(args, L, export_schedule(manifest))
     schedule = deployment if args.calibration_schedule == "deployment" else Schedule.full(L)

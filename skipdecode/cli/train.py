@@ -6,6 +6,8 @@ import json
 import sys
 
 from skipdecode.cli import options
+from skipdecode.cli.dataclass_args import add_fields, from_args
+from skipdecode.training.config import MIXED_PRECISION, TrainConfig
 
 
 def add_arguments(p):
@@ -19,33 +21,15 @@ def add_arguments(p):
     p.add_argument("--holdout", type=float, default=None,
                    help="fraction of --data's prompt groups (E2E: whole MRs) held out for evaluation "
                         "(default 0.05 when --eval-every is set and --eval-data is not)")
-    p.add_argument("--out", required=True, help="output folder: checkpoints, log.jsonl, split.json")
     options.add_schedule_arguments(p)
     p.add_argument("--speedup-range", metavar="A:B", help="sample a schedule per batch with a speedup in [A, B]")
     p.add_argument("--distill-from", metavar="SPEC", help="full-depth teacher for a KL term (e.g. the base model)")
-    p.add_argument("--distill-weight", type=float, default=0.5, help="loss = (1-w) CE + w KL (default 0.5)")
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--epochs", type=float, help="passes over the training data")
-    g.add_argument("--max-steps", type=int, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=16, help="examples per micro-batch and process (default 16)")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
-    p.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps, then linear decay")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: off)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (and at the start and end)")
-    p.add_argument("--eval-examples", type=int, default=128, help="held-out examples for the dev loss")
-    p.add_argument("--eval-samples", type=int, default=4, help="held-out prompts decoded greedily per evaluation")
-    p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (always at the end and on Ctrl-C)")
-    p.add_argument("--keep-checkpoints", type=int, default=2, help="numbered checkpoints to keep")
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--max-length", type=int, default=256, help="drop examples longer than this many tokens")
-    p.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"], default="auto",
-                   help="auto: bf16 on CUDA where supported, fp32 on CPU")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("fine-tuning (TrainConfig, training/config.py)")
+    length = g.add_mutually_exclusive_group(required=True)
+    add_fields(length, TrainConfig, only=("max_steps", "epochs"))
+    add_fields(g, TrainConfig, exclude=("max_steps", "epochs"), choices={"mixed_precision": MIXED_PRECISION})
 
 
 def make_sampler(args):
@@ -70,7 +54,6 @@ def run(args) -> int:
 
     from skipdecode.errors import SkipDecodeError
     from skipdecode.io import atomic_write_text
-    from skipdecode.training.config import TrainConfig
     from skipdecode.training.data import load_examples, split_heldout
     from skipdecode.training.trainer import Trainer
 
@@ -79,19 +62,12 @@ def run(args) -> int:
             raise SkipDecodeError(f"--threads must be >= 1, got {args.threads}")
         import torch
         torch.set_num_threads(args.threads)
-    if args.distill_from is None and args.distill_weight != 0.5:
+    if args.distill_from is None and args.distill_weight != TrainConfig.distill_weight:
         raise SkipDecodeError("--distill-weight needs --distill-from")
     if args.speedup_range:  # fail on a malformed range before loading anything
         from skipdecode.training.schedules import parse_range
         parse_range(args.speedup_range)
-    cfg = TrainConfig(
-        out=Path(args.out), max_steps=args.max_steps, epochs=args.epochs, batch_size=args.batch_size,
-        grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
-        max_grad_norm=args.max_grad_norm, seed=args.seed, eval_every=args.eval_every, save_every=args.save_every,
-        keep_checkpoints=args.keep_checkpoints, log_every=args.log_every, eval_examples=args.eval_examples,
-        eval_samples=args.eval_samples, max_length=args.max_length, distill_weight=args.distill_weight,
-        mixed_precision=args.mixed_precision, progress=not args.no_progress,
-    )
+    cfg = from_args(TrainConfig, args)
     fields = dict(fmt=args.format, prompt_field=args.prompt_field, target_field=args.target_field)
     train = load_examples(args.data, **fields)
     split = None
@@ -109,7 +85,7 @@ def run(args) -> int:
         raise SkipDecodeError("--eval-every needs evaluation data: --eval-data or --holdout > 0")
     info = {"base_model": args.model, "distill_from": args.distill_from, "format": args.format or "auto",
             "data": list(args.data)}
-    trainer = Trainer(cfg, args.model, train, held, make_sampler(args), args.distill_from, args.resume, info)
+    trainer = Trainer(cfg, args.model, train, held, make_sampler(args), args.distill_from, args.resume, info).setup()
     if split is not None and trainer.is_main and not args.resume:
         atomic_write_text(Path(args.out) / "split.json", json.dumps(split, indent=2, ensure_ascii=False) + "\n")
     if trainer.is_main:

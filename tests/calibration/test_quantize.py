@@ -96,6 +96,11 @@ def test_method_gives_valid_graphs_that_run_close_to_fp32(tiny_export, train_csv
         assert check["top1_agreement"] >= AGREEMENT[method], check
 
 
+HEAD_KL = {"int8-dynamic": 0.1, "int4-weight": 1.5}
+"""Teacher-forced mean KL from fp32 with the head and embedding quantized too, on the tiny Llama
+(measured 0.02 and 0.75: int4 rounds the head's weights by ~10% of their spread)."""
+
+
 def test_head_and_embedding_quantized_on_request(tiny_export, tmp_path):
     folder, _, _ = tiny_export("llama-gqa")
     for method, head_op, embed_op in [("int8-dynamic", "MatMulInteger", "DequantizeLinear"),
@@ -106,8 +111,10 @@ def test_head_and_embedding_quantized_on_request(tiny_export, tmp_path):
         assert head_op in g["lm_head"]["op_types"] and embed_op in g["embed"]["op_types"]
         assert not m["quantization"]["graphs"]["lm_head"].startswith("kept")
         rows = generate_ids(OnnxRuntimeBackend(out), [[5, 6, 7], [9]], Schedule.full(6),
-                            GenerationConfig(max_new_tokens=4), [2], 0)
-        assert all(r.tokens >= 1 for r in rows)
+                            GenerationConfig(max_new_tokens=4, ignore_eos=True), [2], 0)
+        assert [r.tokens for r in rows] == [4, 4]  # the runtime takes it
+        check = agreement(folder, out, [[5, 6, 7], [9, 10, 11, 12]], Schedule.full(6), new_tokens=10)
+        assert check["mean_kl"] < HEAD_KL[method], check
 
 
 def test_check_is_recorded_in_the_manifest(tiny_export, tmp_path):
@@ -115,7 +122,8 @@ def test_check_is_recorded_in_the_manifest(tiny_export, tmp_path):
     m = quantize_export(folder, tmp_path / "q", QuantConfig("int8-dynamic"), check_prompts=[[5, 6, 7], [9, 10]],
                         check_tokens=5)
     c = m["quantization"]["check"]
-    assert c["prompts"] == 2 and c["steps"] == 10 and 0 <= c["top1_agreement"] <= 1 and c["mean_kl"] > 0
+    assert c["prompts"] == 2 and c["steps"] == 10 and c["top1_agreement"] >= AGREEMENT["int8-dynamic"]
+    assert 0 < c["mean_kl"] < 0.1
     assert json.loads((tmp_path / "q" / "manifest.json").read_text())["quantization"]["check"] == c
 
 

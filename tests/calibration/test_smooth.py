@@ -3,7 +3,6 @@ predicted per-channel range, and a massive activation that breaks static int8 is
 
 from __future__ import annotations
 
-import doctest
 import re
 
 import numpy as np
@@ -26,11 +25,6 @@ SITES = {"llama-gqa": [(["qkv.weight_t"], "input_layernorm.weight"),
                      (["fc1.weight_t"], "final_layer_norm.weight")]}
 """Per family: (projections of one input, the first initializer taking 1/s). o_proj (after
 attention) and OPT's fc2 (after ReLU) have nonlinear producers and are left alone."""
-
-
-def test_doctests():
-    result = doctest.testmod(smooth)
-    assert result.attempted > 0 and result.failed == 0
 
 
 @pytest.fixture(scope="module")

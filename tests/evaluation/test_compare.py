@@ -110,15 +110,6 @@ def test_load_report_reads_a_folder_or_a_file(tmp_path):
     assert load_report(f"{path}/report.json")["_path"].endswith("report.json")
 
 
-def test_doctests():
-    import doctest
-
-    from skipdecode.evaluation import compare
-
-    result = doctest.testmod(compare)
-    assert result.attempted > 0 and result.failed == 0
-
-
 def _with_outputs(tmp_path, scores):
     paths = write_reports(tmp_path, [dict(REPORTS[0], method=m) for m in scores])
     for p, rows in zip(paths, scores.values()):

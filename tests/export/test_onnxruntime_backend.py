@@ -93,13 +93,18 @@ def test_errors(tiny_export):
 
 
 def test_backend_imports_neither_torch_nor_transformers(tiny_export):
-    folder, _, _ = tiny_export("opt-gqa")
+    folder, loaded, _ = tiny_export("opt-gqa")
+    prompts, config = [[5, 6, 7], [9]], GenerationConfig(max_new_tokens=3, ignore_eos=True)
     proc = run_without_torch(textwrap.dedent(f"""
         from skipdecode.runtime.onnxruntime_backend import OnnxRuntimeBackend
         from skipdecode.runtime import GenerationConfig, generate_ids
         from skipdecode.schedule import Schedule
         b = OnnxRuntimeBackend({str(folder)!r})
-        rows = generate_ids(b, [[5, 6, 7], [9]], Schedule.full(6), GenerationConfig(max_new_tokens=3), [2], 0)
-        assert [len(r.token_ids) for r in rows] == [3, 3] or any(r.finish_reason == 'eos' for r in rows)
+        rows = generate_ids(b, {prompts!r}, Schedule.full(6), GenerationConfig(max_new_tokens=3, ignore_eos=True),
+                            [2], 0)
+        print([r.token_ids for r in rows])
     """))
     assert proc.returncode == 0, proc.stderr[-2000:]
+    ref = generate_ids(TorchBackend(loaded.model), prompts, Schedule.full(6), config, [2], 0)
+    assert proc.stdout.strip() == str([r.token_ids for r in ref])  # the reference's tokens, 3 per row
+    assert all(len(r.token_ids) == 3 for r in ref)

@@ -53,7 +53,7 @@ def test_loss_on_targets_only_matches_transformers(train_llama, e2e_file):
 def test_memorises_16_examples_under_3x(train_llama, e2e_file, tmp_path):
     examples = load_examples([e2e_file])
     cfg = config(tmp_path / "out", max_steps=110, batch_size=16, warmup_steps=10, log_every=10)
-    trainer = Trainer(cfg, str(train_llama), examples, examples[:4], fixed(3))
+    trainer = Trainer(cfg, str(train_llama), examples, examples[:4], fixed(3)).setup()
     schedule = trainer.sampler.fixed
     assert schedule.max_layers < 6 and round(schedule.speedup) == 3
     result = trainer.run()
@@ -66,6 +66,27 @@ def test_memorises_16_examples_under_3x(train_llama, e2e_file, tmp_path):
     out = greedy_samples(loaded.model, loaded.tokenizer, examples, loaded.schedule, 12)
     assert [o["output"] for o in out] == [e.target for e in examples]
     assert all(o["finish_reason"] == "eos" for o in out)
+
+
+@pytest.mark.parametrize("log_every, steps, means", [(0, 3, 1), (2, 3, 2)])
+def test_final_train_loss_is_the_mean_over_processes(train_llama, e2e_file, tmp_path, log_every, steps, means):
+    """The result's loss goes through the cross-process mean that the logged losses get, also for
+    steps past the last train record (log_every 0: no record at all)."""
+    examples = load_examples([e2e_file])
+    trainer = Trainer(config(tmp_path / "out", max_steps=steps, log_every=log_every), str(train_llama), examples,
+                      [], fixed(1)).setup()
+    local = []
+
+    def halved(value):  # as if a second process had seen loss 0
+        local.append(value)
+        return value / 2
+
+    trainer._mean_over_processes = halved
+    result = trainer.run()
+    assert len(local) == means and result.train_loss == local[-1] / 2
+    logged = [json.loads(line) for line in (tmp_path / "out/log.jsonl").read_text().splitlines()]
+    records = [round(v / 2, 5) for v in local] if log_every else []
+    assert [r["loss"] for r in logged if r["event"] == "train"] == records
 
 
 def final_weights(path):
@@ -90,9 +111,10 @@ def test_resume_after_ctrl_c_matches_one_run(train_llama, tmp_path):
     assert first.interrupted and first.step == 3 and first.checkpoint.name == "checkpoint-000003"
     assert signal.getsignal(signal.SIGINT) is before  # handler restored
     with pytest.raises(SkipDecodeError, match="already holds checkpoints"):
-        Trainer(config(tmp_path / "two", **kw), str(train_llama), examples, [], sampler)
+        Trainer(config(tmp_path / "two", **kw), str(train_llama), examples, [], sampler).setup()
     with pytest.raises(SkipDecodeError, match="--batch-size"):
-        Trainer(config(tmp_path / "two", **{**kw, "batch_size": 2}), str(train_llama), examples, [], sampler, resume=True)
+        Trainer(config(tmp_path / "two", **{**kw, "batch_size": 2}), str(train_llama), examples, [], sampler,
+                resume=True).setup()
     # saving every step with one kept prunes the checkpoint the run resumed from: later
     # checkpoints must still carry the tokenizer
     second = Trainer(config(tmp_path / "two", **kw, save_every=1, keep_checkpoints=1), str(train_llama), examples,

@@ -1,0 +1,35 @@
+"""The optimizer and its learning-rate schedule: AdamW with decay on matrices only, linear
+warm-up then linear decay."""
+
+from __future__ import annotations
+
+import torch
+
+from skipdecode.training.config import TrainConfig
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up reaching the peak at step ``warmup``, then linear decay (never exactly 0).
+
+    >>> [round(lr_factor(s, 2, 6), 2) for s in range(6)]
+    [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices only (not norms, biases), the usual AdamW recipe."""
+    decay, rest = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else rest).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, total_steps: int):
+    """(AdamW, its LambdaLR schedule) for a run of ``total_steps`` optimizer steps."""
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total_steps))
+    return optimizer, scheduler
