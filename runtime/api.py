@@ -70,8 +70,7 @@ class Runtime:
     def load(cls, path: str | Path, backend: str = "onnxruntime", device: str = "cpu",
              providers: Sequence[str] | None = None, threads: int | None = None) -> "Runtime":
         b = open_backend(path, backend, device, providers, threads)
-        sched = b.manifest.get("schedule")
-        return cls(b, Tokenizer.from_dir(b.dir), Schedule.from_dict(sched) if sched else None)
+        return cls(b, Tokenizer.from_dir(b.dir), b.manifest.schedule)
 
     @property
     def num_layers(self) -> int:

@@ -26,6 +26,7 @@ import numpy as np
 import onnxruntime as ort
 
 from skipdecode.errors import SkipDecodeError
+from skipdecode.export.contract import graph_name
 from skipdecode.runtime.layout import begin_step
 from skipdecode.runtime.manifest import load_manifest
 
@@ -52,21 +53,21 @@ class OnnxRuntimeBackend:
                  options: ort.SessionOptions | None = None):
         self.dir = Path(export_dir)
         self.manifest = m = load_manifest(self.dir, verify=verify)
-        self.kind = m["layer_kind"]
-        self.num_layers = m["num_layers"]
-        self.max_positions = min(m["max_seq"], m["max_positions"])
-        self.dtype = np.dtype(m["dtype"])
-        self.kv_heads, self.head_dim, self.hidden_size = m["num_kv_heads"], m["head_dim"], m["hidden_size"]
+        self.kind = m.layer_kind
+        self.num_layers = m.num_layers
+        self.max_positions = min(m.max_seq, m.max_positions)
+        self.dtype = np.dtype(m.dtype)
+        self.kv_heads, self.head_dim, self.hidden_size = m.num_kv_heads, m.head_dim, m.hidden_size
         self.providers = list(providers or ["CPUExecutionProvider"])
         so = options or session_options(threads, spinning)
-        make = lambda e: ort.InferenceSession(str(self.dir / e["file"]), so, providers=self.providers)  # noqa: E731
-        g = m["graphs"]
+        make = lambda e: ort.InferenceSession(str(self.dir / e.file), so, providers=self.providers)  # noqa: E731
+        g = m.graphs
         try:
-            self.embed = make(g["embed"])
-            self.layers = [make(e) for e in g["layers"]]
+            self.embed = make(g.embed)
+            self.layers = [make(e) for e in g.layers]
             # decode steps run a layer's decode graph where the export has one (same contract)
-            self.decode_layers = [make(e["decode"]) if e.get("decode") else s for e, s in zip(g["layers"], self.layers)]
-            self.head = make(g["lm_head"])
+            self.decode_layers = [make(e.decode) if e.decode else s for e, s in zip(g.layers, self.layers)]
+            self.head = make(g.lm_head)
         except Exception as e:  # ORT raises its own exception types for unreadable graphs
             raise SkipDecodeError(f"{self.dir}: cannot load the export ({str(e).splitlines()[0]})") from None
         self.batch = 0
@@ -75,7 +76,7 @@ class OnnxRuntimeBackend:
         """(slot, layers) of every forward, for tests that count layer calls."""
         self.capture = None
         """Optional ``capture(graph, feeds)``, called before each graph runs with the arrays bound
-        as its inputs (graph: "embed", a layer index, or "lm_head"); the arrays are the live
+        as its inputs (graph: its name, export/contract.py graph_name); the arrays are the live
         buffers, so copy what you keep. Calibration (skipdecode.calibration) records with it."""
 
     # ---- buffers ------------------------------------------------------------------------------
@@ -86,8 +87,8 @@ class OnnxRuntimeBackend:
         if max_len > self.max_positions:
             raise SkipDecodeError(f"{max_len} positions needed, the export's KV buffers hold {self.max_positions} "
                                   "(re-export with a larger --max-seq)")
-        cap = self.manifest["max_seq"] if self.kind == "standard" else min(
-            -(-max_len // KV_ROUND) * KV_ROUND, self.manifest["max_seq"])
+        cap = self.manifest.max_seq if self.kind == "standard" else min(
+            -(-max_len // KV_ROUND) * KV_ROUND, self.manifest.max_seq)
         self.layer_len = [0] * self.num_layers
         self.layer_calls.clear()
         if batch_size == self.batch and cap <= self.capacity:
@@ -105,7 +106,7 @@ class OnnxRuntimeBackend:
         self.write_index = np.zeros(B, np.int32)
         self.lengths = np.zeros(B, np.int64)
         self.small = {n: self._ov(getattr(self, n)) for n in ("seqlens", "total", "write_index")}
-        V, K = self.manifest["vocab_size"], self.manifest["top_k"]
+        V, K = self.manifest.vocab_size, self.manifest.top_k
         self.out = {"logits": np.zeros((B, V), np.float32), "next_token": np.zeros(B, np.int64),
                     "topk_values": np.zeros((B, K), np.float32), "topk_ids": np.zeros((B, K), np.int64)}
         self.out_ov = {n: self._ov(a) for n, a in self.out.items()}
@@ -179,7 +180,7 @@ class OnnxRuntimeBackend:
         p = 0
         for l in layers:
             if self.capture is not None:
-                self.capture(l, self._layer_feeds(l, st, p))
+                self.capture(graph_name(l), self._layer_feeds(l, st, p))
             st["sessions"][l].run_with_iobinding(st["layers"][l][p])
             if self.kind == "standard":
                 self._scatter(l, st, S)

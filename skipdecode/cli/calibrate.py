@@ -6,10 +6,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from skipdecode.calibration.quantize import CALIBRATION_METHODS, METHODS, PRECISIONS
 from skipdecode.cli import options
+from skipdecode.data import FORMATS
 from skipdecode.errors import SkipDecodeError
-
-METHODS = ("int8-dynamic", "int8-static", "int4-weight")
+from skipdecode.export.contract import TARGETS
 
 
 def add_arguments(p):
@@ -21,8 +22,8 @@ def add_arguments(p):
     p.add_argument("--data", help="task prompts from a training file (E2E CSV or JSONL; never the test set), or a "
                    "calibration folder captured before (index.json). Needed by int8-static; otherwise its "
                    "prompts only feed the agreement check")
-    p.add_argument("--format", choices=["e2e", "jsonl"], help="--data format (default: from the extension)")
-    p.add_argument("--target", choices=["onnxruntime", "tensorrt"],
+    p.add_argument("--format", choices=FORMATS, help="--data format (default: from the extension)")
+    p.add_argument("--target", choices=TARGETS,
                    help="default: the export's own (tensorrt: int8-static with symmetric int8 Q/DQ)")
     p.add_argument("--samples", type=int, default=32, help="calibration prompts (default 32)")
     p.add_argument("--per-channel", action="store_true", help="int8 weights with one scale per output channel")
@@ -30,9 +31,9 @@ def add_arguments(p):
                    help="run the calibration prompts under the deployment schedule (default) or at full depth")
     p.add_argument("--shards", help="folder for the captured calibration data (default: OUT.calib; reused when it "
                    "holds the same capture)")
-    p.add_argument("--head", choices=["fp32", "quantized"], default="fp32",
+    p.add_argument("--head", choices=PRECISIONS, default="fp32",
                    help="LM head precision (default fp32)")
-    p.add_argument("--embed", choices=["fp32", "quantized"], default="fp32",
+    p.add_argument("--embed", choices=PRECISIONS, default="fp32",
                    help="embedding table precision (default fp32; quantized saves file size only)")
     p.add_argument("--block-size", type=int, default=32, help="int4-weight: inputs per scale (default 32)")
     p.add_argument("--accuracy-level", type=int, default=4,
@@ -40,7 +41,7 @@ def add_arguments(p):
     p.add_argument("--outlier-ratio", type=float, default=2.0,
                    help="int8-static: a MatMul whose static input scale costs more than R times the per-call "
                    "rounding error is quantized per call instead (tensorrt: kept fp32); inf: all static (default 2)")
-    p.add_argument("--calibration-method", choices=["minmax", "percentile"], default="minmax",
+    p.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default="minmax",
                    help="int8-static: activation range from every recorded call (minmax) or the 99.99th "
                    "percentile of the recorded values, clipping rare massive activations (default minmax)")
     p.add_argument("--smooth", type=float, metavar="ALPHA",
@@ -71,7 +72,7 @@ def _random_prompts(vocab: int, n: int, seed: int) -> list[list[int]]:
 
 def run(args) -> int:
     from skipdecode.calibration import capture as cap
-    from skipdecode.calibration.quantize import QuantConfig, check_inputs, export_schedule, quantize_export
+    from skipdecode.calibration.quantize import QuantConfig, check_inputs, quantize_export
     from skipdecode.runtime.manifest import load_manifest
     from skipdecode.schedule import Schedule
     from skipdecode.tokenizer import Tokenizer
@@ -90,8 +91,8 @@ def run(args) -> int:
     if out.exists() and not args.overwrite:
         raise SkipDecodeError(f"{out}: already exists (pass --overwrite to replace it)")
     capture_cfg = cap.CaptureConfig(args.samples, args.seed, args.batch_size, args.max_new_tokens)
-    L = manifest["num_layers"]
-    deployment = options.build_schedule(args, L, export_schedule(manifest))
+    L = manifest.num_layers
+    deployment = options.build_schedule(args, L, manifest.deployed_schedule())
     schedule = deployment if args.calibration_schedule == "deployment" else Schedule.full(L)
     tok = Tokenizer.from_dir(source)
 
@@ -115,13 +116,11 @@ def run(args) -> int:
                             args.threads)
                 shards = cap.ShardSet(folder)
     if not check and args.check_prompts:
-        check = _random_prompts(manifest["vocab_size"], args.check_prompts, args.seed)
+        check = _random_prompts(manifest.vocab_size, args.check_prompts, args.seed)
     m = quantize_export(source, out, config, shards, args.overwrite, check, args.check_tokens, args.threads,
                         data=str(data) if data else None)
-    q = m["quantization"]
-    g = m["graphs"]
-    size = sum(e["bytes"] for e in [g["embed"], g["lm_head"], *g["layers"], *(e["decode"] for e in g["layers"]
-                                                                               if e.get("decode"))])
+    q = m.quantization
+    size = sum(e.bytes for _, e in m.named_graphs(decode=True))
     line = (f"{args.method}: {q['source']['bytes'] / 1e6:.1f} MB -> {size / 1e6:.1f} MB of graphs "
             f"in {q['seconds']:.1f} s")
     if q.get("check"):

@@ -2,10 +2,10 @@ import doctest
 
 import pytest
 
-from skipdecode.training import data, schedules, trainer
+from skipdecode.training import batches, schedules, trainer
 
 
-@pytest.mark.parametrize("module", [data, schedules, trainer])
+@pytest.mark.parametrize("module", [batches, schedules, trainer])
 def test_doctests(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
