@@ -63,5 +63,10 @@ def layer_index(name: str) -> int | None:
     return int(name[6:])
 
 
+def graph_file(name: str) -> str:
+    """The file of graph ``name`` in an export folder."""
+    return name + ".onnx"
+
+
 def layer_file(layer: int) -> str:
-    return graph_name(layer) + ".onnx"
+    return graph_file(graph_name(layer))

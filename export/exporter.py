@@ -22,7 +22,7 @@ from tqdm import tqdm
 from skipdecode.errors import SkipDecodeError
 from skipdecode.io import atomic_dir
 from skipdecode.export import ort_graphs, torch_graphs
-from skipdecode.export.contract import TARGETS, TOP_K, layer_file
+from skipdecode.export.contract import EMBED, LM_HEAD, TARGETS, TOP_K, graph_file, layer_file
 from skipdecode.models.loading import EMBEDDED
 from skipdecode.runtime.manifest import GraphEntry, Graphs, Manifest
 from skipdecode.schedule import SCHEDULE_FILE
@@ -127,8 +127,8 @@ def write_target(model, loaded, folder: Path, target: str, cfg: ExportConfig, ma
     np_dtype = DTYPES[cfg.dtype][1]
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    embed = save_graph(shared["embed"], folder, "embed.onnx")
-    lm_head = save_graph(shared["lm_head"], folder, "lm_head.onnx")
+    embed = save_graph(shared[EMBED], folder, graph_file(EMBED))
+    lm_head = save_graph(shared[LM_HEAD], folder, graph_file(LM_HEAD))
     if kind == "gqa":
         cos_sin = ort_graphs.rope_tables(model, max_seq) if c.family == "llama" else None
         layer_iter = (ort_graphs.layer_graph(model, i, max_seq, np_dtype, cfg.opset, cos_sin)
@@ -251,8 +251,8 @@ def export_model(spec: str, out: str | Path, cfg: ExportConfig = ExportConfig(),
         model = reference
     t0 = time.perf_counter()
     log("exporting embed and lm_head (dynamo) ...")
-    shared = {"embed": torch_graphs.export_embed(model, cfg.opset),
-              "lm_head": torch_graphs.export_lm_head(model, min(cfg.top_k, model.config.vocab_size), cfg.opset)}
+    shared = {EMBED: torch_graphs.export_embed(model, cfg.opset),
+              LM_HEAD: torch_graphs.export_lm_head(model, min(cfg.top_k, model.config.vocab_size), cfg.opset)}
     shared["seconds"] = time.perf_counter() - t0
     shared["source"] = spec if spec in EMBEDDED else str(Path(loaded.path).resolve())
     results = {}

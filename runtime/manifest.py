@@ -220,6 +220,8 @@ def _value(kind: str, value, key: str):
     expected = _TYPES[base]
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         raise ValueError(f"{key}: expected {base}, got {type(value).__name__}")
+    if kind == "list[str]" and not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{key}: expected a list of strings")
     return value
 
 
@@ -227,7 +229,9 @@ def _value(kind: str, value, key: str):
 def outside(root: Path, name: str) -> str | None:
     """Why ``root / name`` is not inside ``root`` (an absolute path, a ``..``, a symlink of the
     file or of a folder on its way leading out), or None when it is."""
-    if not name or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+    if not name:
+        return "an empty name"
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
         return "an absolute path"
     if ".." in PurePosixPath(name.replace("\\", "/")).parts:
         return "'..' in the path"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from skipdecode.cli.options import BACKEND_CHOICES
 from skipdecode.errors import SkipDecodeError
+from skipdecode.schedule import DECAYS
 
 BASELINES = ("hf", "ort-genai")
 
@@ -55,7 +56,7 @@ def add_arguments(p):
     p.add_argument("--new-tokens", type=int, default=32, help="tokens generated per row, EOS ignored (default 32)")
     p.add_argument("--window", type=int, default=None, help="schedule window (default: --new-tokens)")
     p.add_argument("--warmup-layers", type=int, default=1, help="bottom layers every token runs (default 1)")
-    p.add_argument("--decay", choices=("linear", "power"), default="linear")
+    p.add_argument("--decay", choices=DECAYS, default="linear")
     p.add_argument("--static", action="store_true",
                    help="constant schedules (static layer dropping, the baseline): round(L/s) layers every step")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per configuration (default 1)")

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from skipdecode.export.contract import EMBED, LM_HEAD, graph_file, graph_name
 from skipdecode.runtime.manifest import GraphEntry, Graphs, Manifest
 
 
@@ -46,10 +47,10 @@ def write_export(folder: Path, num_layers: int = 2, files: dict[str, list[str]] 
     replace manifest fields."""
     folder.mkdir(parents=True, exist_ok=True)
     files = files or {}
-    names = ["embed", *(f"layer_{i:03d}" for i in range(num_layers)), "lm_head"]
+    names = [EMBED, *map(graph_name, range(num_layers)), LM_HEAD]
     entries = {}
     for name in names:
-        listed = files.get(name, [f"{name}.onnx"])
+        listed = files.get(name, [graph_file(name)])
         path = folder / listed[0]
         if not path.exists() and not path.is_symlink():
             onnx.save(graph(name), path)
@@ -60,7 +61,7 @@ def write_export(folder: Path, num_layers: int = 2, files: dict[str, list[str]] 
         hidden_size=4, num_kv_heads=1, head_dim=4, vocab_size=16, dtype="float32", max_batch=2, max_seq=8,
         max_positions=8, top_k=4, opset=18, kv_layout={"axes": "BNSH"}, position_offset=0, schedule=None,
         tokenizer_files=["tokenizer.json"], exporter={"skipdecode": "test"},
-        graphs=Graphs(entries["embed"], entries["lm_head"], [entries[n] for n in names[1:-1]]))
+        graphs=Graphs(entries[EMBED], entries[LM_HEAD], [entries[n] for n in names[1:-1]]))
     m = dataclasses.replace(m, **fields)
     m.save(folder)
     return m

@@ -83,6 +83,7 @@ def test_an_export_written_before_the_dataclass_still_loads(tmp_path):
     (lambda d: d.update(colour="blue"), "unknown key colour"),
     (lambda d: d.update(max_seq="8"), "max_seq: expected int, got str"),
     (lambda d: d.update(max_seq=True), "max_seq: expected int, got bool"),
+    (lambda d: d.update(tokenizer_files=[3]), "tokenizer_files: expected a list of strings"),
     (lambda d: d.update(format_version=2), "format_version 2, this runtime reads 1"),
     (lambda d: d.update(target="tflite"), "target 'tflite'"),
     (lambda d: d.update(layer_kind="fused"), "layer_kind 'fused'"),
