@@ -39,6 +39,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from skipdecode.errors import SkipDecodeError
+from skipdecode.export.contract import layer_index
 from skipdecode.io import atomic_dir
 from skipdecode.runtime.manifest import MANIFEST, sha256_file
 from skipdecode.schedule import Schedule
@@ -46,11 +47,6 @@ from skipdecode.schedule import Schedule
 INDEX = "index.json"
 FORMAT_VERSION = 2
 KV_INPUTS = ("past_key", "past_value")
-
-
-def graph_key(graph: str | int) -> str:
-    """Shard key of a graph: "embed", "lm_head" or "layer_NNN"."""
-    return f"layer_{graph:03d}" if isinstance(graph, int) else graph
 
 
 def export_hash(export_dir: str | Path) -> str:
@@ -65,7 +61,7 @@ def calibration_prompts(path: str | Path, samples: int, seed: int = 0, fmt: str 
     Test files are refused: calibrating on them would tune the quantized model to the data that
     later scores it.
     """
-    from skipdecode.training.data import load_examples
+    from skipdecode.data import load_examples
 
     path = Path(path)
     if samples < 1:
@@ -116,8 +112,7 @@ class Recorder:
     def move(self, src, dst, length, layers):
         raise RuntimeError("calibration records static batches, whose rows never move")
 
-    def _on_call(self, graph, feeds: dict[str, np.ndarray]) -> None:
-        key = graph_key(graph)
+    def _on_call(self, key: str, feeds: dict[str, np.ndarray]) -> None:
         rec = self._calls.setdefault(key, {"prefill": {}, "decode": {}})
         for name, a in feeds.items():
             if name in KV_INPUTS:
@@ -145,13 +140,13 @@ class Recorder:
                 arrays[f"{key}/prefill/{name}"] = a
             for name, parts in rec["decode"].items():
                 arrays[f"{key}/decode/{name}"] = np.stack(parts)
-            if key.startswith("layer_"):
+            if layer_index(key) is not None:
                 used = self._used(key, rec)
                 for name in KV_INPUTS:
                     arrays[f"{key}/{name}"] = np.array(self._kv[(key, name)][:, :, :used])  # (B, H_kv, T_used, D)
         file = f"shard_{len(self.shards):03d}.npz"
         np.savez(self.folder / file, **arrays)
-        calls = {k: len(r["decode"].get("hidden", [])) for k, r in self._calls.items() if k.startswith("layer_")}
+        calls = {k: len(r["decode"].get("hidden", [])) for k, r in self._calls.items() if layer_index(k) is not None}
         B, P = self._calls["embed"]["prefill"]["input_ids"].shape
         self.shards.append({"file": file, "rows": B, "prompt_len": P, "prompt_lengths": self._lengths,
                             "decode_steps": len(self._steps),
@@ -209,8 +204,8 @@ def capture(export_dir: str | Path, prompts: Sequence[str], schedule: Schedule, 
         index = {
             "format_version": FORMAT_VERSION,
             "export": {"path": str(Path(export_dir).resolve()), "manifest_sha256": export_hash(export_dir),
-                       "target": m["target"], "layer_kind": m["layer_kind"], "num_layers": m["num_layers"],
-                       "max_seq": m["max_seq"], "dtype": m["dtype"]},
+                       "target": m.target, "layer_kind": m.layer_kind, "num_layers": m.num_layers,
+                       "max_seq": m.max_seq, "dtype": m.dtype},
             "schedule": schedule.to_dict(),
             "schedule_mode": mode,
             "schedule_text": schedule.describe(),
@@ -266,16 +261,17 @@ class ShardSet:
     def samples(self) -> int:
         return self.index["samples"]
 
-    def calls(self, graph: str | int, phase: str | None = None) -> int:
-        """How many calls of ``graph`` the shards hold: prefills and decode steps, or one ``phase``'s."""
-        key = graph_key(graph)
+    def calls(self, graph: str, phase: str | None = None) -> int:
+        """How many calls of ``graph`` (a graph name) the shards hold: prefills and decode steps,
+        or one ``phase``'s."""
         shards = self.index["shards"]
-        decode = sum(s["decode_calls"].get(key, 0) if key.startswith("layer_") else s["decode_steps"] for s in shards)
+        layer = layer_index(graph) is not None
+        decode = sum(s["decode_calls"].get(graph, 0) if layer else s["decode_steps"] for s in shards)
         return {None: len(shards) + decode, "prefill": len(shards), "decode": decode}[phase]
 
-    def feeds(self, graph: str | int, valid_only: bool = True, phase: str | None = None
+    def feeds(self, graph: str, valid_only: bool = True, phase: str | None = None
               ) -> Iterator[dict[str, np.ndarray]]:
-        """Every recorded call's inputs of ``graph``, prefill first, in the order they ran.
+        """Every recorded call's inputs of ``graph`` (a graph name), prefill first, in the order they ran.
 
         ``valid_only`` (what calibration wants): only what carries a real token. The prefill is
         split into one feed per row without its padding columns, and decode calls keep only the
@@ -286,8 +282,8 @@ class ShardSet:
         """
         if phase not in (None, "prefill", "decode"):
             raise ValueError(f"phase must be prefill, decode or None, got {phase!r}")
-        key = graph_key(graph)
-        layer = key.startswith("layer_")
+        key = graph
+        layer = layer_index(key) is not None
         for s in self.index["shards"]:
             with np.load(self.folder / s["file"]) as z:
                 pre = {n.split("/")[-1]: z[n] for n in z.files if n.startswith(f"{key}/prefill/")}
@@ -303,7 +299,7 @@ class ShardSet:
             if phase == "prefill":
                 continue
             live = np.array(s["live_decode_calls"])
-            calls = [t for t, run in enumerate(s["steps"]) if not layer or int(key[6:]) in run]
+            calls = [t for t, run in enumerate(s["steps"]) if not layer or layer_index(key) in run]
             for i in range(len(dec.get("hidden", ()))):
                 feed = {n: a[i, ...] for n, a in dec.items()}  # a[i, ...] keeps 0-d arrays arrays
                 if valid_only:

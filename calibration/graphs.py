@@ -127,26 +127,26 @@ def _io(values) -> list[tuple]:
     return [(v.name, v.type.SerializeToString()) for v in values]
 
 
-def check_contract(original: onnx.ModelProto, quantized: onnx.ModelProto, role: str) -> dict:
+def check_contract(original: onnx.ModelProto, quantized: onnx.ModelProto, graph: str) -> dict:
     """``onnx.checker``, unchanged graph I/O, GQA and its KV bindings untouched; op counts."""
     try:
         onnx.checker.check_model(quantized)
     except onnx.checker.ValidationError as e:
-        raise RuntimeError(f"{role}: the quantized graph fails onnx.checker: {str(e).splitlines()[0]}") from None
+        raise RuntimeError(f"{graph}: the quantized graph fails onnx.checker: {str(e).splitlines()[0]}") from None
     g, q = original.graph, quantized.graph
     if _io(g.input) != _io(q.input) or _io(g.output) != _io(q.output):
-        raise RuntimeError(f"{role}: quantization changed the graph inputs/outputs (the runtime binds them by name)")
+        raise RuntimeError(f"{graph}: quantization changed the graph inputs/outputs (the runtime binds them by name)")
     gqa = lambda m: [n for n in m.graph.node if (n.domain, n.op_type) == GQA]  # noqa: E731
     before, after = gqa(original), gqa(quantized)
     if len(before) != len(after):
-        raise RuntimeError(f"{role}: {len(before)} GroupQueryAttention node(s) before quantization, {len(after)} after")
+        raise RuntimeError(f"{graph}: {len(before)} GroupQueryAttention node(s) before quantization, {len(after)} after")
     for a, b in zip(before, after):
         same_kv = list(a.input[3:7]) == list(b.input[3:7]) and list(a.output[1:]) == list(b.output[1:])
         if not same_kv or a.attribute != b.attribute:
-            raise RuntimeError(f"{role}: GroupQueryAttention's KV inputs/outputs or attributes changed")
+            raise RuntimeError(f"{graph}: GroupQueryAttention's KV inputs/outputs or attributes changed")
     for name in KV_NAMES:  # nothing new may read or write a KV buffer (no Q/DQ on the cache)
         if _touching(original, name) != _touching(quantized, name):
-            raise RuntimeError(f"{role}: quantization changed the nodes that read or write {name}")
+            raise RuntimeError(f"{graph}: quantization changed the nodes that read or write {name}")
     return op_counts(quantized)
 
 

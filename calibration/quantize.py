@@ -23,24 +23,21 @@ replace this environment's onnx 1.23 / onnxruntime 1.32 CPU.
 
 from __future__ import annotations
 
-import copy
-import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from skipdecode.errors import SkipDecodeError
+from skipdecode.export.contract import EMBED, LM_HEAD, TARGETS, graph_name, layer_index
 from skipdecode.io import atomic_dir
-from skipdecode.runtime.manifest import MANIFEST, graph_entries, load_manifest, sha256_file
-from skipdecode.schedule import Schedule
+from skipdecode.runtime.manifest import MANIFEST, GraphEntry, Graphs, Manifest, load_manifest, sha256_file
+from skipdecode.schedule import SCHEDULE_FILE, Schedule
 
 METHODS = ("int8-dynamic", "int8-static", "int4-weight")
-TARGETS = ("onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "quantized")
 CALIBRATION_METHODS = ("minmax", "percentile")
-SCHEDULE_FILE = "skipdecode.json"  # models.loading.SCHEDULE_FILE (not imported: no torch here)
 
 FP32_HEAD = ("kept fp32: the head's rounding errors change the emitted token directly "
              "(--head quantized to quantize it)")
@@ -86,7 +83,7 @@ class QuantConfig:
         if self.method not in METHODS:
             raise SkipDecodeError(f"unknown method {self.method!r} (choose from {', '.join(METHODS)})")
         if self.target is not None and self.target not in TARGETS:
-            raise SkipDecodeError(f"unknown target {self.target!r} (onnxruntime or tensorrt)")
+            raise SkipDecodeError(f"unknown target {self.target!r} (choose from {', '.join(TARGETS)})")
         for name in ("head", "embed"):
             if getattr(self, name) not in PRECISIONS:
                 raise SkipDecodeError(f"--{name} must be fp32 or quantized, got {getattr(self, name)!r}")
@@ -121,31 +118,25 @@ def same_schedule(a: Schedule, b: Schedule) -> bool:
     return all(a.layers_for_step(t) == b.layers_for_step(t) for t in range(steps))
 
 
-def export_schedule(manifest: dict) -> Schedule:
-    """The schedule the export deploys by default: its own (fine-tuned under), else full depth."""
-    raw = manifest.get("schedule")
-    return Schedule.from_dict(raw) if raw else Schedule.full(manifest["num_layers"])
-
-
-def schedule_warning(manifest: dict, shards) -> str | None:
+def schedule_warning(manifest: Manifest, shards) -> str | None:
     """A line to warn with when the shards were drawn under another schedule than the export's."""
-    own = export_schedule(manifest)
+    own = manifest.deployed_schedule()
     if shards is None or same_schedule(shards.schedule, own):
         return None
     return (f"calibration data drawn under {shards.schedule.describe()}, but the export deploys "
             f"{own.describe()}: activation ranges will not match what the layers see at run time")
 
 
-def check_inputs(manifest: dict, config: QuantConfig, source: Path, has_data: bool) -> str:
+def check_inputs(manifest: Manifest, config: QuantConfig, source: Path, has_data: bool) -> str:
     """One-line errors before any work (and before calibration data is captured); returns the target."""
-    target = config.target or manifest["target"]
-    if manifest.get("quantization"):
-        raise SkipDecodeError(f"{source}: already quantized ({manifest['quantization']['method']}); "
+    target = config.target or manifest.target
+    if manifest.quantization:
+        raise SkipDecodeError(f"{source}: already quantized ({manifest.quantization['method']}); "
                               "calibrate the fp32 export")
-    if manifest["dtype"] != "float32":
-        raise SkipDecodeError(f"{source}: a {manifest['dtype']} export; quantization starts from a float32 export")
-    if target != manifest["target"]:
-        raise SkipDecodeError(f"--target {target}: {source} is a {manifest['target']} export "
+    if manifest.dtype != "float32":
+        raise SkipDecodeError(f"{source}: a {manifest.dtype} export; quantization starts from a float32 export")
+    if target != manifest.target:
+        raise SkipDecodeError(f"--target {target}: {source} is a {manifest.target} export "
                               f"(run `skipdecode export --target {target}` first)")
     if target == "tensorrt" and config.method != "int8-static":
         raise SkipDecodeError(f"--target tensorrt takes int8-static (explicit Q/DQ graphs), not {config.method}")
@@ -167,28 +158,14 @@ def check_shards(shards, source: Path) -> None:
                               f"capture from {source}")
 
 
-def _graph_entry(folder: Path, name: str, model) -> dict:
-    from skipdecode.calibration.graphs import op_counts
-
-    def spec(values):
-        import onnx
-
-        return [{"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
-                 "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
-
-    return {"file": name, "sha256": {name: sha256_file(folder / name)}, "bytes": (folder / name).stat().st_size,
-            "ops": len(model.graph.node), "inputs": spec(model.graph.input), "outputs": spec(model.graph.output),
-            "op_types": op_counts(model)}
-
-
-def _quantize_graph(src: Path, dst: Path, role: str, key, config: QuantConfig, target: str, shards,
+def _quantize_graph(src: Path, dst: Path, graph: str, config: QuantConfig, target: str, shards,
                     phase: str | None = None) -> str:
-    """Write the quantized graph to ``dst`` (calibrated on ``phase``'s calls, default all);
+    """Write graph ``graph``, quantized, to ``dst`` (calibrated on ``phase``'s calls, default all);
     returns what was done, for the manifest."""
     from skipdecode.calibration import graphs
 
     m = config.method
-    if role == "embed":  # weight-only whatever the method: there is no activation to quantize
+    if graph == EMBED:  # weight-only whatever the method: there is no activation to quantize
         if m == "int4-weight":
             graphs.int4_gather(src, dst, config.block_size)
             return f"int4 weight-only table (GatherBlockQuantized, block {config.block_size})"
@@ -201,7 +178,7 @@ def _quantize_graph(src: Path, dst: Path, role: str, key, config: QuantConfig, t
     if m == "int8-static":
         from skipdecode.calibration.outliers import fallbacks
 
-        sym, feeds = target == "tensorrt", (lambda: shards.feeds(key, phase=phase))
+        sym, feeds = target == "tensorrt", (lambda: shards.feeds(graph, phase=phase))
         smoothed = ""
         if config.smooth_alpha:
             src, smoothed = _smooth(src, dst.with_name(dst.stem + ".smooth.onnx"), feeds, config.smooth_alpha)
@@ -213,7 +190,7 @@ def _quantize_graph(src: Path, dst: Path, role: str, key, config: QuantConfig, t
         if config.smooth_alpha:
             src.unlink()
         done = (f"{smoothed}int8 static QDQ: MatMul weights int8 {'per channel' if config.per_channel else 'per tensor'}, "
-                f"activations {'int8 symmetric' if sym else 'uint8'} from {shards.calls(key, phase)} recorded "
+                f"activations {'int8 symmetric' if sym else 'uint8'} from {shards.calls(graph, phase)} recorded "
                 f"{phase + ' ' if phase else ''}calls ({config.calibration_method})")
         if excluded:
             instead = "kept fp32" if sym else "int8 dynamic"
@@ -224,17 +201,18 @@ def _quantize_graph(src: Path, dst: Path, role: str, key, config: QuantConfig, t
     return f"int4 weight-only MatMulNBits, symmetric, block {config.block_size}, accuracy level {config.accuracy_level}"
 
 
-def _quantized_entry(src: Path, folder: Path, name: str, role: str, key, config: QuantConfig, target: str,
-                     shards, phase: str | None) -> dict:
+def _quantized_entry(src: Path, folder: Path, name: str, graph: str, config: QuantConfig, target: str,
+                     shards, phase: str | None) -> GraphEntry:
     """Quantize ``src`` into ``folder / name``, check its contract; its manifest entry."""
     import onnx
 
-    from skipdecode.calibration.graphs import check_contract, quantized_ops
+    from skipdecode.calibration.graphs import check_contract, op_counts, quantized_ops
 
-    done = _quantize_graph(src, folder / name, role.split()[0], key, config, target, shards, phase)
+    done = _quantize_graph(src, folder / name, graph, config, target, shards, phase)
     model = onnx.load(folder / name)
-    counts = check_contract(onnx.load(src), model, role)
-    return {**_graph_entry(folder, name, model), "precision": f"{done} [{', '.join(quantized_ops(counts))}]"}
+    counts = check_contract(onnx.load(src), model, graph)
+    return GraphEntry.of(model, folder, [name], op_types=op_counts(model),
+                         precision=f"{done} [{', '.join(quantized_ops(counts))}]")
 
 
 def _smooth(src: Path, tmp: Path, feeds, alpha: float) -> tuple[Path, str]:
@@ -252,7 +230,7 @@ def _smooth(src: Path, tmp: Path, feeds, alpha: float) -> tuple[Path, str]:
 
 def quantize_export(export_dir: str | Path, out: str | Path, config: QuantConfig, shards=None,
                     overwrite: bool = False, check_prompts: list[list[int]] | None = None,
-                    check_tokens: int = 16, threads: int | None = None, log=None, data: str | None = None) -> dict:
+                    check_tokens: int = 16, threads: int | None = None, log=None, data: str | None = None) -> Manifest:
     """Quantize every graph of ``export_dir`` into ``out`` (atomically); returns the new manifest.
 
     ``check_prompts``: token-id prompts for the agreement check against the fp32 export
@@ -276,51 +254,47 @@ def quantize_export(export_dir: str | Path, out: str | Path, config: QuantConfig
     t0 = time.perf_counter()
     choices, entries = {}, {}
     with atomic_dir(out) as tmp:
-        roles = graph_entries(src_m)
-        for role, entry in tqdm(roles, desc=f"quantize {config.method}", unit="graph", file=sys.stderr, leave=False):
-            name = entry["file"]
-            kind = role.split()[0]
-            key = int(role.split()[1]) if kind == "layer" else kind
-            if (kind == "lm_head" and config.head == "fp32") or (kind == "embed" and config.embed == "fp32"):
-                for f in entry["sha256"]:
+        graphs = src_m.named_graphs()
+        for graph, entry in tqdm(graphs, desc=f"quantize {config.method}", unit="graph", file=sys.stderr, leave=False):
+            name = entry.file
+            if (graph == LM_HEAD and config.head == "fp32") or (graph == EMBED and config.embed == "fp32"):
+                for f in entry.sha256:
                     shutil.copy2(source / f, tmp / f)
-                done = FP32_HEAD if kind == "lm_head" else FP32_EMBED
-                new = {**copy.deepcopy(entry), "precision": done}
+                new = replace(entry, precision=FP32_HEAD if graph == LM_HEAD else FP32_EMBED)
             else:
-                if len(entry["sha256"]) > 1:
+                if len(entry.sha256) > 1:
                     raise SkipDecodeError(f"{source / name}: graphs with external data are not supported here")
-                split = config.split_phases and kind == "layer"
+                split = config.split_phases and layer_index(graph) is not None
                 quantize = lambda out_name, phase: _quantized_entry(  # noqa: E731
-                    source / name, tmp, out_name, role, key, config, target, shards, phase)
+                    source / name, tmp, out_name, graph, config, target, shards, phase)
                 new = quantize(name, "prefill" if split else None)
-                if split and shards.calls(key, "decode"):
-                    new["decode"] = quantize(name.removesuffix(".onnx") + ".decode.onnx", "decode")
-                    new["precision"] += f"; decode steps run {new['decode']['file']}"
-            entries[role] = new
-            choices[role] = new["precision"]
-        for f in [*src_m.get("tokenizer_files", []), SCHEDULE_FILE]:
+                if split and shards.calls(graph, "decode"):
+                    decode = quantize(name.removesuffix(".onnx") + ".decode.onnx", "decode")
+                    new = replace(new, decode=decode, precision=f"{new.precision}; decode steps run {decode.file}")
+            entries[graph] = new
+            choices[graph] = new.precision
+        for f in [*src_m.tokenizer_files, SCHEDULE_FILE]:
             if (source / f).is_file():
                 shutil.copy2(source / f, tmp / f)
-        manifest = copy.deepcopy(src_m)
-        manifest["graphs"] = {"embed": entries["embed"], "lm_head": entries["lm_head"],
-                              "layers": [entries[f"layer {i}"] for i in range(src_m["num_layers"])]}
-        manifest["quantization"] = _record(config, target, source, src_m, shards, choices, warning, data,
-                                           time.perf_counter() - t0)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        layers = [entries[graph_name(i)] for i in range(src_m.num_layers)]
+        manifest = replace(src_m, graphs=Graphs(entries[EMBED], entries[LM_HEAD], layers),
+                           quantization=_record(config, target, source, src_m, shards, choices, warning, data,
+                                                time.perf_counter() - t0))
+        manifest.save(tmp)
         from skipdecode.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
         OnnxRuntimeBackend(tmp, threads=threads)  # loads (hashes, sessions) before it is moved into place
         if check_prompts:
             from skipdecode.calibration.check import agreement
 
-            schedule = export_schedule(src_m)  # what `skipdecode run` deploys by default
+            schedule = src_m.deployed_schedule()  # what `skipdecode run` deploys by default
             log(f"checking against {source} on {len(check_prompts)} prompts under {schedule.describe()} ...")
-            manifest["quantization"]["check"] = agreement(source, tmp, check_prompts, schedule, check_tokens, threads)
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            manifest.quantization["check"] = agreement(source, tmp, check_prompts, schedule, check_tokens, threads)
+            manifest.save(tmp)
     return manifest
 
 
-def _record(config: QuantConfig, target: str, source: Path, src_m: dict, shards, choices: dict, warning,
+def _record(config: QuantConfig, target: str, source: Path, src_m: Manifest, shards, choices: dict, warning,
             data, seconds: float) -> dict:
     import onnxruntime
 
@@ -338,7 +312,7 @@ def _record(config: QuantConfig, target: str, source: Path, src_m: dict, shards,
     return {
         "method": config.method, "target": target, "config": cfg,
         "source": {"path": str(source.resolve()), "manifest_sha256": sha256_file(source / MANIFEST),
-                   "bytes": sum(e["bytes"] for _, e in graph_entries(src_m))},
+                   "bytes": sum(e.bytes for _, e in src_m.named_graphs())},
         "calibration": cal, "data": data,
         "schedule_warning": warning,
         "graphs": choices,

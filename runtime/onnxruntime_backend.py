@@ -27,6 +27,7 @@ import numpy as np
 import onnxruntime as ort
 
 from skipdecode.errors import SkipDecodeError
+from skipdecode.export.contract import EMBED, LM_HEAD, graph_name
 from skipdecode.runtime.backend import Range
 from skipdecode.runtime.feeds import Feeds, check_capacity, decode_feeds, prefill_feeds
 from skipdecode.runtime.manifest import load_manifest
@@ -59,22 +60,21 @@ class OnnxRuntimeBackend:
                  options: ort.SessionOptions | None = None):
         self.dir = Path(export_dir)
         self.manifest = m = load_manifest(self.dir, verify=verify)
-        self.kind = m["layer_kind"]
-        self.num_layers = m["num_layers"]
-        self.max_positions = min(m["max_seq"], m["max_positions"])
-        self.dtype = np.dtype(m["dtype"])
-        self.kv_heads, self.head_dim, self.hidden_size = m["num_kv_heads"], m["head_dim"], m["hidden_size"]
+        self.kind = m.layer_kind
+        self.num_layers = m.num_layers
+        self.max_positions = min(m.max_seq, m.max_positions)
+        self.dtype = np.dtype(m.dtype)
+        self.kv_heads, self.head_dim, self.hidden_size = m.num_kv_heads, m.head_dim, m.hidden_size
         self.providers = list(providers or ["CPUExecutionProvider"])
         so = options or session_options(threads, spinning)
-        make = lambda e: ort.InferenceSession(str(self.dir / e["file"]), so, providers=self.providers)  # noqa: E731
-        g = m["graphs"]
+        make = lambda e: ort.InferenceSession(str(self.dir / e.file), so, providers=self.providers)  # noqa: E731
+        g = m.graphs
         try:
-            self.embed = make(g["embed"])
-            self.layer_sessions = [make(e) for e in g["layers"]]
+            self.embed = make(g.embed)
+            self.layer_sessions = [make(e) for e in g.layers]
             # decode steps run a layer's decode graph where the export has one (same contract)
-            self.decode_sessions = [make(e["decode"]) if e.get("decode") else s
-                                    for e, s in zip(g["layers"], self.layer_sessions)]
-            self.head = make(g["lm_head"])
+            self.decode_sessions = [make(e.decode) if e.decode else s for e, s in zip(g.layers, self.layer_sessions)]
+            self.head = make(g.lm_head)
         except Exception as e:  # ORT raises its own exception types for unreadable graphs
             raise SkipDecodeError(f"{self.dir}: cannot load the export ({str(e).splitlines()[0]})") from None
         self.rows = 0
@@ -83,7 +83,7 @@ class OnnxRuntimeBackend:
         """("prefill", (start, stop), layers) / ("decode", ranges) / ("move", ...) of every call."""
         self.capture = None
         """Optional ``capture(graph, feeds)``, called before each graph runs with the arrays bound
-        as its inputs (graph: "embed", a layer index, or "lm_head"); the arrays are the live
+        as its inputs (graph: its name in export/contract.py); the arrays are the live
         buffers, so copy what you keep. Calibration (skipdecode.calibration) records with it."""
 
     # ---- buffers ------------------------------------------------------------------------------
@@ -91,8 +91,8 @@ class OnnxRuntimeBackend:
         if max_len > self.max_positions:
             raise SkipDecodeError(f"{max_len} positions needed, the export's KV buffers hold {self.max_positions} "
                                   "(re-export with a larger --max-seq)")
-        cap = self.manifest["max_seq"] if self.kind == "standard" else min(
-            -(-max_len // KV_ROUND) * KV_ROUND, self.manifest["max_seq"])
+        cap = self.manifest.max_seq if self.kind == "standard" else min(
+            -(-max_len // KV_ROUND) * KV_ROUND, self.manifest.max_seq)
         self.calls = []
         self.layer_len = np.zeros((self.num_layers, rows), np.int64)  # keys held, per layer and row
         R, H, D = rows, self.kv_heads, self.head_dim
@@ -109,7 +109,7 @@ class OnnxRuntimeBackend:
         self.write_index = np.zeros(R, np.int32)
         self.nk = np.zeros((R, H, 1, D), self.dtype)
         self.nv = np.zeros_like(self.nk)
-        V, K = self.manifest["vocab_size"], self.manifest["top_k"]
+        V, K = self.manifest.vocab_size, self.manifest.top_k
         self.out = {"logits": np.zeros((R, V), np.float32), "next_token": np.zeros(R, np.int64),
                     "topk_values": np.zeros((R, K), np.float32), "topk_ids": np.zeros((R, K), np.int64)}
         self._bindings: dict[tuple, ort.IOBinding] = {}
@@ -179,13 +179,13 @@ class OnnxRuntimeBackend:
         rows = slice(start, stop)
         self.layer_len[:, rows] = 0
         if self.capture is not None:
-            self.capture("embed", {"input_ids": ids, "positions": pos})
+            self.capture(EMBED, {"input_ids": ids, "positions": pos})
         self.embed.run_with_iobinding(self._bind_embed(ids, pos, hid[0]))
         p = 0
         for l in layers:
             b = self._bind_layer(self.layer_sessions[l], l, rows, hid[p], hid[1 - p], pos, small, new_kv)
             if self.capture is not None:
-                self.capture(l, self._layer_feeds(l, rows, hid[p], pos, small))
+                self.capture(graph_name(l), self._layer_feeds(l, rows, hid[p], pos, small))
             self.layer_sessions[l].run_with_iobinding(b)
             if self.kind == "standard":
                 self.k[l][rows, :, :S], self.v[l][rows, :, :S] = new_kv
@@ -194,7 +194,7 @@ class OnnxRuntimeBackend:
         last = np.ascontiguousarray(f.last)
         out = {k: np.zeros((n, *a.shape[1:]), a.dtype) for k, a in self.out.items()}
         if self.capture is not None:
-            self.capture("lm_head", {"hidden": hid[p], "last_index": last})
+            self.capture(LM_HEAD, {"hidden": hid[p], "last_index": last})
         self.head.run_with_iobinding(self._bind_head(hid[p], last, out))
         return out["logits"]  # (n, V)
 
@@ -208,7 +208,7 @@ class OnnxRuntimeBackend:
         self.ids[:B, 0], self.pos[:B, 0] = ids, positions
         self.seqlens[:B], self.write_index[:B] = f.seqlens_k, f.write_index
         if self.capture is not None:
-            self.capture("embed", {"input_ids": self.ids[:B], "positions": self.pos[:B]})
+            self.capture(EMBED, {"input_ids": self.ids[:B], "positions": self.pos[:B]})
         emb = self._cached(("embed", B), lambda: self._bind_embed(self.ids[:B], self.pos[:B], self.hid[0][:B]))
         self.embed.run_with_iobinding(emb)
         p = 0
@@ -230,7 +230,7 @@ class OnnxRuntimeBackend:
             binding = self._cached((l, a, b, p), lambda: self._bind_layer(
                 session, l, rows, src[rows], dst[rows], self.pos[rows], small, (self.nk[rows], self.nv[rows])))
             if self.capture is not None:
-                self.capture(l, self._layer_feeds(l, rows, src[rows], self.pos[rows], small))
+                self.capture(graph_name(l), self._layer_feeds(l, rows, src[rows], self.pos[rows], small))
             session.run_with_iobinding(binding)
             if self.kind == "standard":
                 r = np.arange(a, b)
@@ -239,7 +239,7 @@ class OnnxRuntimeBackend:
             self.layer_len[l, a:b] += 1
             p = 1 - p
         if self.capture is not None:
-            self.capture("lm_head", {"hidden": self.hid[p][:B], "last_index": self.last[:B]})
+            self.capture(LM_HEAD, {"hidden": self.hid[p][:B], "last_index": self.last[:B]})
         out = {k: a[:B] for k, a in self.out.items()}
         head = self._cached(("head", B, p), lambda: self._bind_head(self.hid[p][:B], self.last[:B], out))
         self.head.run_with_iobinding(head)

@@ -66,13 +66,13 @@ class TensorRTBackend:
         self.record = load_engine_record(self.dir)
         check_compatible(self.record, trt.__version__, gpu_identity(), str(self.dir))
         self.manifest = m = load_manifest(self.dir, verify=False)  # the engines are hashed instead
-        self.num_layers = m["num_layers"]
-        self.max_seq = m["max_seq"]
-        self.max_positions = min(m["max_seq"], m["max_positions"])
+        self.num_layers = m.num_layers
+        self.max_seq = m.max_seq
+        self.max_positions = min(m.max_seq, m.max_positions)
         self.max_batch = self.record["max_batch"]
-        self.dtype = np.dtype(m["dtype"])
-        self.kv_heads, self.head_dim, self.hidden_size = m["num_kv_heads"], m["head_dim"], m["hidden_size"]
-        self.vocab, self.top_k = m["vocab_size"], m["top_k"]
+        self.dtype = np.dtype(m.dtype)
+        self.kv_heads, self.head_dim, self.hidden_size = m.num_kv_heads, m.head_dim, m.hidden_size
+        self.vocab, self.top_k = m.vocab_size, m.top_k
         self.stream = Stream()
         self.trt_runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         e = self.record["engines"]

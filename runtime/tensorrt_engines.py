@@ -17,7 +17,8 @@ from pathlib import Path
 
 from skipdecode.errors import SkipDecodeError
 from skipdecode.io import atomic_dir, atomic_write_text
-from skipdecode.runtime.manifest import MANIFEST, graph_entries, load_manifest, sha256_file
+from skipdecode.export.contract import layer_index
+from skipdecode.runtime.manifest import MANIFEST, TensorSpec, load_manifest, sha256_file
 
 ENGINES = "engines.json"
 FORMAT_VERSION = 1
@@ -72,7 +73,7 @@ def check_compatible(record: dict, trt_version: str, identity: dict, where: str)
                                   "`skipdecode build-engines`")
 
 
-def build_engine(trt, onnx_path: Path, inputs: list[dict], max_batch: int, max_prompt: int,
+def build_engine(trt, onnx_path: Path, inputs: list[TensorSpec], max_batch: int, max_prompt: int,
                  workspace_gb: float) -> bytes:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -90,7 +91,7 @@ def build_engine(trt, onnx_path: Path, inputs: list[dict], max_batch: int, max_p
     for profile_name in PROFILES:
         profile = builder.create_optimization_profile()
         for spec in inputs:
-            profile.set_shape(spec["name"], *profile_shapes(spec["shape"], profile_name, max_batch, max_prompt))
+            profile.set_shape(spec.name, *profile_shapes(spec.shape, profile_name, max_batch, max_prompt))
         config.add_optimization_profile(profile)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
@@ -106,23 +107,23 @@ def build_engines(export_dir: str | Path, out: str | Path, max_batch: int = 32, 
     trt = import_tensorrt()
     src, out = Path(export_dir), Path(out)
     manifest = load_manifest(src)
-    if manifest.get("layer_kind") != "standard":
-        raise SkipDecodeError(f"{src}: built for target {manifest.get('target')!r}; TensorRT needs an export made with "
+    if manifest.layer_kind != "standard":
+        raise SkipDecodeError(f"{src}: built for target {manifest.target!r}; TensorRT needs an export made with "
                               "`skipdecode export --target tensorrt` (standard ONNX ops only)")
-    if max_prompt + 1 > manifest["max_seq"]:
-        max_prompt = manifest["max_seq"] - 1
+    if max_prompt + 1 > manifest.max_seq:
+        max_prompt = manifest.max_seq - 1
     if out.exists() and not overwrite:
         raise SkipDecodeError(f"{out}: exists (use --overwrite)")
     with atomic_dir(out) as tmp:
         engines: dict = {"layers": []}
-        for role, entry in tqdm(graph_entries(manifest), desc="build engines", unit="engine", file=sys.stderr):
-            name = Path(entry["file"]).with_suffix(".engine").name
-            plan = build_engine(trt, src / entry["file"], entry["inputs"], max_batch, max_prompt, workspace_gb)
+        for graph, entry in tqdm(manifest.named_graphs(), desc="build engines", unit="engine", file=sys.stderr):
+            name = Path(entry.file).with_suffix(".engine").name
+            plan = build_engine(trt, src / entry.file, entry.inputs, max_batch, max_prompt, workspace_gb)
             (tmp / name).write_bytes(plan)
-            if role.startswith("layer"):
+            if layer_index(graph) is not None:
                 engines["layers"].append(name)
             else:
-                engines[role] = name
+                engines[graph] = name
         for f in src.iterdir():  # the export's manifest and tokenizer travel with the engines
             if f.is_file() and f.suffix != ".onnx" and not f.name.endswith(".onnx.data"):
                 shutil.copy2(f, tmp / f.name)

@@ -72,12 +72,12 @@ def variants(src: Path, tmp: Path) -> dict[str, Path]:
     return out
 
 
-def decode_feed(manifest: dict) -> dict:
+def decode_feed(manifest) -> dict:
     B, ctx = 1, 64
-    T = manifest["max_seq"]
-    h = np.random.default_rng(0).standard_normal((B, 1, manifest["hidden_size"])).astype(np.float32)
-    kv = np.zeros((B, manifest["num_kv_heads"], T, manifest["head_dim"]), np.float32)
-    if manifest["layer_kind"] == "gqa":
+    T = manifest.max_seq
+    h = np.random.default_rng(0).standard_normal((B, 1, manifest.hidden_size)).astype(np.float32)
+    kv = np.zeros((B, manifest.num_kv_heads, T, manifest.head_dim), np.float32)
+    if manifest.layer_kind == "gqa":
         return {"hidden": h, "past_key": kv, "past_value": kv.copy(), "seqlens_k": np.array([ctx], np.int32),
                 "total_sequence_length": np.array(ctx + 1, np.int32)}
     return {"hidden": h, "past_key": kv, "past_value": kv.copy(), "write_index": np.array([ctx], np.int32),
@@ -128,7 +128,7 @@ def main():
           f"{os.getloadavg()[0]:.1f} (shared); onnxruntime {ort.__version__}, onnxslim {onnxslim.__version__}")
     for folder in map(Path, args.exports):
         m = load_manifest(folder, verify=False)
-        print(f"\n{folder}: target {m['target']}, {m['layer_kind']} layers, T_max {m['max_seq']}")
+        print(f"\n{folder}: target {m.target}, {m.layer_kind} layers, T_max {m.max_seq}")
         with tempfile.TemporaryDirectory() as tmp:
             for graph in ("embed.onnx", "layer_000.onnx", "lm_head.onnx"):
                 print(f"  {graph}")

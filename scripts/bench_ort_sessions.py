@@ -46,7 +46,7 @@ def main() -> None:
                     for t in sorted({1, cores}) for s in (False, True)}
     runners = {name: LoopRunner(OnnxRuntimeBackend(args.export, **kw), name) for name, kw in variants.items()}
     L = next(iter(runners.values())).backend.num_layers
-    vocab = next(iter(runners.values())).backend.inner.manifest["vocab_size"]
+    vocab = next(iter(runners.values())).backend.inner.manifest.vocab_size
     if not args.global_pool:
         print(f"{args.export}: decode tokens/s, prompt {args.prompt_len}, {args.new_tokens} new tokens, "
               f"median of {args.repeats}, {cores} cores")

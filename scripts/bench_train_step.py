@@ -22,9 +22,10 @@ import time
 
 import torch
 
+from skipdecode.data import load_examples
 from skipdecode.models import load_model
 from skipdecode.schedule import Schedule
-from skipdecode.training.data import collate, load_examples, tokenize
+from skipdecode.training.batches import collate, tokenize
 from skipdecode.training.evaluate import batch_loss
 
 

@@ -30,6 +30,7 @@ import onnx
 from skipdecode.calibration.capture import ShardSet
 from skipdecode.calibration.outliers import weight_matmuls
 from skipdecode.calibration.smooth import channel_max, scales, sites, weight_max
+from skipdecode.export.contract import graph_name, layer_file
 from skipdecode.io import atomic_write_text
 
 
@@ -37,10 +38,10 @@ def phase_channel_max(src: Path, shards: ShardSet, layer: int, names: list[str],
                       ) -> tuple[dict[str, np.ndarray], int]:
     """(activation -> max |x_j| per channel (C,) over ``phase``'s calls, decode steps that ran the
     layer); nothing if none did."""
-    steps = shards.calls(layer, "decode")
+    steps = shards.calls(graph_name(layer), "decode")
     if phase == "decode" and steps == 0:
         return {}, 0
-    return channel_max(src, lambda: shards.feeds(layer, phase=phase), names), steps
+    return channel_max(src, lambda: shards.feeds(graph_name(layer), phase=phase), names), steps
 
 
 def smoothed_clip(model: onnx.ModelProto, deploy: dict, full: dict, alpha: float = 0.5) -> dict[str, float]:
@@ -71,7 +72,7 @@ def main() -> int:
     print("| layer | input of | prefill | decode, schedule | decode, full depth | clip | clip, SmoothQuant |")
     print("|---|---|---|---|---|---|---|")
     for layer in layers:
-        src = export / f"layer_{layer:03d}.onnx"
+        src = export / layer_file(layer)
         mm = weight_matmuls(onnx.load(src))
         names = list(dict.fromkeys(a for a, _ in mm.values()))
         readers = {a: [w.removesuffix(".weight_t").split(".")[-1] for n, (x, w) in mm.items() if x == a] for a in names}

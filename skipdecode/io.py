@@ -19,8 +19,10 @@ def _umask() -> int:
     return mask
 
 
-def read_jsonl(path: str | Path, required: Iterable[str] = ()) -> list[dict]:
-    path = Path(path)
+def read_jsonl(path: str | Path, required: Iterable[str] = (), lists: Iterable[str] = ()) -> list[dict]:
+    """The objects of a JSONL file; each ``required`` field must be a non-empty string (for a field
+    in ``lists``: one, or a non-empty list of them), else the error names file and line."""
+    path, lists = Path(path), set(lists)
     if not path.is_file():
         raise SkipDecodeError(f"{path}: no such file")
     rows = []
@@ -35,8 +37,11 @@ def read_jsonl(path: str | Path, required: Iterable[str] = ()) -> list[dict]:
             if not isinstance(row, dict):
                 raise SkipDecodeError(f"{path}:{n}: expected a JSON object")
             for key in required:
-                if not isinstance(row.get(key), str) or not row[key]:
-                    raise SkipDecodeError(f"{path}:{n}: missing or empty field {key!r}")
+                value = row.get(key)
+                values = value if key in lists and isinstance(value, list) else [value]
+                if not values or not all(isinstance(v, str) and v.strip() for v in values):
+                    kind = " (a string or a list of strings)" if key in lists else ""
+                    raise SkipDecodeError(f"{path}:{n}: missing or empty field {key!r}{kind}")
             rows.append(row)
     return rows
 

@@ -60,7 +60,7 @@ class StageTimes:
 def fine_tune(cfg: DemoConfig, data: Path) -> Path:
     from skipdecode.training.checkpoint import FINAL
     from skipdecode.training.config import TrainConfig
-    from skipdecode.training.data import load_examples, split_heldout
+    from skipdecode.data import load_examples, split_heldout
     from skipdecode.training.schedules import ScheduleSampler
     from skipdecode.training.trainer import Trainer
     from skipdecode.datasets import train_files
@@ -102,12 +102,12 @@ def export(cfg: DemoConfig, checkpoint: Path) -> Path:
 
 def serve_and_score(cfg: DemoConfig, export_dir: Path, data: Path) -> dict:
     from skipdecode.datasets import E2E_TEST
-    from skipdecode.evaluation.data import load_examples
+    from skipdecode.data import group_examples, load_examples
     from skipdecode.evaluation.metrics import score
     from skipdecode.runtime.api import Runtime
     from skipdecode.schedule import Schedule
 
-    examples = load_examples(data / E2E_TEST, "e2e", limit=cfg.test_inputs)
+    examples = group_examples(load_examples(data / E2E_TEST, "e2e"), cfg.test_inputs)
     rt = Runtime.load(export_dir)
     skip = Schedule.for_speedup(rt.num_layers, cfg.speedup, cfg.window)  # what was trained (or its top end)
     schedules = {"full": Schedule.full(rt.num_layers), "skip": skip}

@@ -23,8 +23,13 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from skipdecode.errors import SkipDecodeError
 
 DECAYS = ("linear", "power")
+SCHEDULE_FILE = "skipdecode.json"
+"""Beside a fine-tuned checkpoint (and in its exports): ``{"schedule": {...}, ...training facts}``."""
 
 
 @dataclass(frozen=True)
@@ -207,3 +212,20 @@ class Schedule:
     @classmethod
     def from_json(cls, text: str) -> "Schedule":
         return cls.from_dict(json.loads(text))
+
+
+def read_schedule_file(folder: str | Path) -> tuple[Schedule | None, dict]:
+    """(the schedule, the other training facts) of ``folder``'s skipdecode.json; (None, {}) without one."""
+    file = Path(folder) / SCHEDULE_FILE
+    if not file.is_file():
+        return None, {}
+    try:
+        data = json.loads(file.read_text())
+        if not isinstance(data, dict):
+            raise TypeError("expected a JSON object")
+        if "schedule" not in data:  # the file's first format: the schedule alone
+            return Schedule.from_dict(data), {}
+        raw = data["schedule"]
+        return (Schedule.from_dict(raw) if raw else None), {k: v for k, v in data.items() if k != "schedule"}
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise SkipDecodeError(f"{file}: invalid schedule ({e})") from None

@@ -1,9 +1,2 @@
-"""Skip-aware fine-tuning (``skipdecode train``).
-
-Importing this package stays light (no torch): evaluation and serving code import the prompt
-template from here, ``from skipdecode.training import format_prompt``.
-"""
-
-from skipdecode.training.data import E2E_TEMPLATE, Example, format_prompt, load_examples, split_heldout
-
-__all__ = ["E2E_TEMPLATE", "Example", "format_prompt", "load_examples", "split_heldout"]
+"""Skip-aware fine-tuning (``skipdecode train``). The data it reads (examples, the prompt
+template, held-out splits) is skipdecode/data.py's, shared with evaluation and calibration."""

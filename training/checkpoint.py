@@ -19,7 +19,8 @@ import torch
 
 from skipdecode.errors import SkipDecodeError
 from skipdecode.io import atomic_dir
-from skipdecode.models.loading import SCHEDULE_FILE, copy_tokenizer
+from skipdecode.models.loading import copy_tokenizer
+from skipdecode.schedule import SCHEDULE_FILE
 
 TRAINER_STATE = "trainer_state.pt"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")

@@ -8,10 +8,11 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from skipdecode.data import Example
 from skipdecode.models.backend import TorchBackend
 from skipdecode.runtime.api import Runtime
 from skipdecode.schedule import Schedule
-from skipdecode.training.data import IGNORE_INDEX, Batch, Example, collate
+from skipdecode.training.batches import IGNORE_INDEX, Batch, collate
 
 
 def spread(items: Sequence, n: int) -> list:

@@ -31,7 +31,8 @@ from skipdecode.io import atomic_write_text
 from skipdecode.models import load_model
 from skipdecode.training import checkpoint as ckpt
 from skipdecode.training.config import TrainConfig
-from skipdecode.training.data import BatchStream, Example, collate, tokenize
+from skipdecode.data import Example
+from skipdecode.training.batches import BatchStream, collate, tokenize
 from skipdecode.training.evaluate import batch_loss, dev_loss, distill_kl, greedy_samples, spread
 from skipdecode.training.loop import LossWindow, graceful_interrupt
 from skipdecode.training.optim import make_optimizer

@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 from skipdecode.cli.dataclass_args import add_fields, comma_list, from_args
+from skipdecode.cli.options import BACKEND_CHOICES
 from skipdecode.errors import SkipDecodeError
 from skipdecode.runtime.bench import BenchConfig
 from skipdecode.schedule import DECAYS
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
 BASELINES = ("hf", "ort-genai")
 
 
@@ -20,7 +20,7 @@ def add_arguments(p):
     src.add_argument("--model", help="smollm2-135m, an HF checkpoint folder or a .gguf: the torch backend's model and "
                      "the --compare baselines' (default: the export's source, else smollm2-135m)")
     src.add_argument("--export", help="per-layer export folder (onnxruntime) or engine folder (tensorrt)")
-    p.add_argument("--backend", type=comma_list(str, BACKENDS), default=None,
+    p.add_argument("--backend", type=comma_list(str, BACKEND_CHOICES), default=None,
                    help="comma-separated: torch, onnxruntime, tensorrt (default: torch with --model, "
                    "onnxruntime with --export)")
     p.add_argument("--compare", type=comma_list(str, BASELINES), default=(),
@@ -44,13 +44,11 @@ def add_arguments(p):
 
 def _export_source(export_dir: str) -> str | None:
     """The checkpoint an export was made from (manifest.json's ``source``), for the baselines."""
-    import json
+    from skipdecode.runtime.manifest import MANIFEST, load_manifest
 
-    f = Path(export_dir) / "manifest.json"
-    try:
-        return json.loads(f.read_text()).get("source") if f.is_file() else None
-    except (json.JSONDecodeError, AttributeError):
+    if not (Path(export_dir) / MANIFEST).is_file():
         return None
+    return load_manifest(export_dir, verify=False).source
 
 
 def _make_runners(args, backends, hf_dir, og_dir) -> list:

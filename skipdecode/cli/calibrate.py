@@ -7,10 +7,12 @@ import sys
 from pathlib import Path
 
 from skipdecode.calibration.capture import CaptureConfig
-from skipdecode.calibration.quantize import CALIBRATION_METHODS, METHODS, PRECISIONS, TARGETS, QuantConfig
+from skipdecode.calibration.quantize import CALIBRATION_METHODS, METHODS, PRECISIONS, QuantConfig
 from skipdecode.cli import options
 from skipdecode.cli.dataclass_args import add_fields, from_args
+from skipdecode.data import FORMATS
 from skipdecode.errors import SkipDecodeError
+from skipdecode.export.contract import TARGETS
 
 
 def add_arguments(p):
@@ -19,7 +21,7 @@ def add_arguments(p):
     p.add_argument("--data", help="task prompts from a training file (E2E CSV or JSONL; never the test set), or a "
                    "calibration folder captured before (index.json). Needed by int8-static; otherwise its "
                    "prompts only feed the agreement check")
-    p.add_argument("--format", choices=["e2e", "jsonl"], help="--data format (default: from the extension)")
+    p.add_argument("--format", choices=FORMATS, help="--data format (default: from the extension)")
     p.add_argument("--calibration-schedule", choices=["deployment", "full"], default="deployment",
                    help="run the calibration prompts under the deployment schedule (default) or at full depth")
     p.add_argument("--shards", help="folder for the captured calibration data (default: OUT.calib; reused when it "
@@ -47,7 +49,7 @@ def _random_prompts(vocab: int, n: int, seed: int) -> list[list[int]]:
 
 def run(args) -> int:
     from skipdecode.calibration import capture as cap
-    from skipdecode.calibration.quantize import check_inputs, export_schedule, quantize_export
+    from skipdecode.calibration.quantize import check_inputs, quantize_export
     from skipdecode.runtime.manifest import load_manifest
     from skipdecode.schedule import Schedule
     from skipdecode.tokenizer import Tokenizer
@@ -64,8 +66,8 @@ def run(args) -> int:
     if out.exists() and not args.overwrite:
         raise SkipDecodeError(f"{out}: already exists (pass --overwrite to replace it)")
     capture_cfg = from_args(CaptureConfig, args)
-    L = manifest["num_layers"]
-    deployment = options.build_schedule(args, L, export_schedule(manifest))
+    L = manifest.num_layers
+    deployment = options.build_schedule(args, L, manifest.deployed_schedule())
     schedule = deployment if args.calibration_schedule == "deployment" else Schedule.full(L)
     tok = Tokenizer.from_dir(source)
 
@@ -89,13 +91,11 @@ def run(args) -> int:
                             args.threads)
                 shards = cap.ShardSet(folder)
     if not check and args.check_prompts:
-        check = _random_prompts(manifest["vocab_size"], args.check_prompts, args.seed)
+        check = _random_prompts(manifest.vocab_size, args.check_prompts, args.seed)
     m = quantize_export(source, out, config, shards, args.overwrite, check, args.check_tokens, args.threads,
                         data=str(data) if data else None)
-    q = m["quantization"]
-    g = m["graphs"]
-    size = sum(e["bytes"] for e in [g["embed"], g["lm_head"], *g["layers"], *(e["decode"] for e in g["layers"]
-                                                                               if e.get("decode"))])
+    q = m.quantization
+    size = sum(e.bytes for _, e in m.named_graphs(decode=True))
     line = (f"{args.method}: {q['source']['bytes'] / 1e6:.1f} MB -> {size / 1e6:.1f} MB of graphs "
             f"in {q['seconds']:.1f} s")
     if q.get("check"):

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from skipdecode.cli import options
+from skipdecode.data import FORMATS
 from skipdecode.errors import SkipDecodeError
 
 
@@ -15,7 +16,7 @@ def add_arguments(p):
     p.add_argument("reference", metavar="FP32_DIR", help="the fp32 export the others were quantized from")
     p.add_argument("exports", nargs="+", metavar="EXPORT_DIR", help="exports to score against it (quantized ones)")
     p.add_argument("--data", required=True, help="prompts: an E2E CSV or JSONL file (distinct prompts, file order)")
-    p.add_argument("--format", choices=["e2e", "jsonl"], help="--data format (default: from the extension)")
+    p.add_argument("--format", choices=FORMATS, help="--data format (default: from the extension)")
     p.add_argument("--limit", type=int, help="only the first N distinct prompts")
     p.add_argument("--new-tokens", type=int, default=32,
                    help="steps per prompt at most; each stops after the fp32 export's end-of-sequence (default 32)")
@@ -51,8 +52,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from skipdecode.calibration.divergence import prompt_divergence, summary
-    from skipdecode.calibration.quantize import export_schedule
-    from skipdecode.evaluation.data import load_examples
+    from skipdecode.data import group_examples, load_examples
     from skipdecode.io import atomic_write_text
     from skipdecode.runtime.manifest import MANIFEST, load_manifest, sha256_file
     from skipdecode.runtime.onnxruntime_backend import OnnxRuntimeBackend
@@ -65,17 +65,17 @@ def run(args) -> int:
     ref_hash = sha256_file(ref_dir / MANIFEST)
     for e in args.exports:
         m = load_manifest(e)
-        if m["num_layers"] != ref_m["num_layers"] or m["vocab_size"] != ref_m["vocab_size"]:
-            raise SkipDecodeError(f"{e}: {m['num_layers']} layers / vocab {m['vocab_size']}, the reference has "
-                                  f"{ref_m['num_layers']} / {ref_m['vocab_size']}")
-        src = (m.get("quantization") or {}).get("source", {}).get("manifest_sha256")
+        if m.num_layers != ref_m.num_layers or m.vocab_size != ref_m.vocab_size:
+            raise SkipDecodeError(f"{e}: {m.num_layers} layers / vocab {m.vocab_size}, the reference has "
+                                  f"{ref_m.num_layers} / {ref_m.vocab_size}")
+        src = (m.quantization or {}).get("source", {}).get("manifest_sha256")
         if src and src != ref_hash:
             print(f"divergence: warning: {e} was quantized from another export than {ref_dir}", file=sys.stderr)
-    schedule = options.build_schedule(args, ref_m["num_layers"], export_schedule(ref_m))
-    examples = load_examples(args.data, args.format, limit=args.limit)
+    schedule = options.build_schedule(args, ref_m.num_layers, ref_m.deployed_schedule())
+    examples = group_examples(load_examples(args.data, args.format), args.limit)
     tok = Tokenizer.from_dir(ref_dir)
     ids = [tok.encode(e.prompt) for e in examples]
-    inputs = [e.source for e in examples]
+    inputs = [e.input for e in examples]
     settings = _settings(args, schedule, inputs)
     done = _previous(args.json, settings)
     print(f"divergence from {ref_dir} on {len(ids)} prompts x <= {args.new_tokens} tokens under "

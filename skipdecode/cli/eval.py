@@ -3,16 +3,13 @@ and write report.json, outputs.jsonl and report.md."""
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 import time
-from pathlib import Path
 
 from skipdecode.cli import options
+from skipdecode.data import FORMATS
 from skipdecode.errors import SkipDecodeError
-
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 
 def add_arguments(p):
@@ -23,11 +20,11 @@ def add_arguments(p):
     data.add_argument("--data", help="E2E CSV (mr, ref) or JSONL file")
     data.add_argument("--heldout", metavar="RUN", help="the prompts a `skipdecode train` run held out "
                       "(RUN/split.json): a dev slice for choosing settings without the test set")
-    p.add_argument("--format", choices=["e2e", "jsonl"], help="default: from the extension (.csv e2e, .jsonl)")
+    p.add_argument("--format", choices=FORMATS, help="default: from the extension (.csv e2e, .jsonl)")
     p.add_argument("--prompt-field", default="prompt", help="JSONL prompt field (default prompt)")
     p.add_argument("--target-field", default="target",
                    help="JSONL reference field: a string or a list of strings (default target)")
-    p.add_argument("--backend", choices=BACKENDS,
+    p.add_argument("--backend", choices=options.BACKEND_CHOICES,
                    help="default: torch with --model, onnxruntime with --export")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
@@ -42,30 +39,17 @@ def add_arguments(p):
     options.add_schedule_arguments(p)
 
 
-def _training_meta(folder: Path) -> dict:
-    """What the checkpoint's skipdecode.json says about its training, besides the schedule."""
-    from skipdecode.models.loading import SCHEDULE_FILE
-
-    file = folder / SCHEDULE_FILE
-    if not file.exists():
-        return {}
-    try:
-        data = json.loads(file.read_text())
-    except json.JSONDecodeError:
-        return {}
-    return {k: v for k, v in data.items() if k != "schedule"} if isinstance(data, dict) else {}
-
-
 def _open_torch(args):
     import torch
 
     from skipdecode.models import load_model
     from skipdecode.models.backend import TorchBackend
+    from skipdecode.schedule import read_schedule_file
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SkipDecodeError("--device cuda: no CUDA device is available")
     loaded = load_model(args.model, args.device, getattr(torch, args.dtype))
-    return TorchBackend(loaded.model), loaded.tokenizer, loaded.schedule, _training_meta(loaded.path)
+    return TorchBackend(loaded.model), loaded.tokenizer, loaded.schedule, read_schedule_file(loaded.path)[1]
 
 
 def _open_export(args):
@@ -93,7 +77,7 @@ def _command(args) -> str:
 
 
 def run(args) -> int:
-    from skipdecode.evaluation.data import infer_format, load_examples, load_heldout
+    from skipdecode.data import group_examples, infer_format, load_examples, load_heldout
     from skipdecode.evaluation.report import build_report, method_of, output_records, write_report
     from skipdecode.evaluation.runner import evaluate
     from skipdecode.runtime.generate import GenerationConfig
@@ -110,7 +94,8 @@ def run(args) -> int:
     if args.heldout:
         examples = load_heldout(args.heldout, args.limit)
     else:
-        examples = load_examples(args.data, args.format, args.prompt_field, args.target_field, args.limit)
+        examples = group_examples(load_examples(args.data, args.format, args.prompt_field, args.target_field),
+                                  args.limit)
     config = GenerationConfig(args.max_new_tokens, stop=tuple(args.stop))
     backend, tokenizer, trained, training = _open_torch(args) if args.model else _open_export(args)
     schedule = options.build_schedule(args, backend.num_layers, trained)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import sys
 
+from skipdecode.export.contract import TARGETS
+
 
 def add_arguments(p):
     p.add_argument("--model", help="smollm2-135m, an HF checkpoint folder or a .gguf file")
     p.add_argument("--out", help="output folder (written atomically; refused if it exists)")
-    p.add_argument("--target", default="onnxruntime", choices=["onnxruntime", "tensorrt", "both"],
+    p.add_argument("--target", default="onnxruntime", choices=[*TARGETS, "both"],
                    help="onnxruntime: contrib ops, KV updated in place; tensorrt: standard ONNX ops only; "
                         "both: DIR/onnxruntime and DIR/tensorrt")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
@@ -39,13 +41,12 @@ def _layer_list(text: str) -> tuple[int, ...]:
 
 
 def _summary(folder, manifest, report) -> str:
-    lines = [f"{folder}: {manifest['family']} {manifest['num_layers']} layers, target {manifest['target']} "
-             f"({manifest['layer_kind']} layers), {manifest['dtype']}, T_max {manifest['max_seq']}"]
-    g = manifest["graphs"]
-    sizes = [("embed", g["embed"]), ("lm_head", g["lm_head"])] + [(f"layer_{i:03d}", e) for i, e in enumerate(g["layers"])]
-    total = sum(e["bytes"] for _, e in sizes)
-    lines.append(f"  files: {total / 1e6:.1f} MB total; embed {g['embed']['bytes'] / 1e6:.1f} MB, "
-                 f"layer {g['layers'][0]['bytes'] / 1e6:.1f} MB each, lm_head {g['lm_head']['bytes'] / 1e6:.1f} MB")
+    m, g = manifest, manifest.graphs
+    lines = [f"{folder}: {m.family} {m.num_layers} layers, target {m.target} ({m.layer_kind} layers), {m.dtype}, "
+             f"T_max {m.max_seq}"]
+    total = sum(e.bytes for _, e in m.named_graphs())
+    lines.append(f"  files: {total / 1e6:.1f} MB total; embed {g.embed.bytes / 1e6:.1f} MB, "
+                 f"layer {g.layers[0].bytes / 1e6:.1f} MB each, lm_head {g.lm_head.bytes / 1e6:.1f} MB")
     if report:
         for name, r in report["graphs"].items():
             if "hidden" in r:

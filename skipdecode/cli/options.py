@@ -9,10 +9,13 @@ import time
 
 from skipdecode.errors import SkipDecodeError
 from skipdecode.io import read_jsonl, write_jsonl
-from skipdecode.runtime.api import Runtime
+from skipdecode.runtime.api import BACKENDS, Runtime
 from skipdecode.runtime.generate import GenerationConfig, RowResult
 from skipdecode.runtime.sampling import SamplingConfig
 from skipdecode.schedule import DECAYS, Schedule
+
+BACKEND_CHOICES = ("torch", *BACKENDS)
+"""--backend of eval and bench: the PyTorch reference (models/backend.py) or a runtime backend."""
 
 
 def add_schedule_arguments(p: argparse.ArgumentParser) -> None:

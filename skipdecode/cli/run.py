@@ -8,11 +8,12 @@ from __future__ import annotations
 import sys
 
 from skipdecode.cli import options
+from skipdecode.runtime.api import BACKENDS
 
 
 def add_arguments(p):
     p.add_argument("--export", required=True, help="export folder (onnxruntime) or engine folder (tensorrt)")
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    p.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
     p.add_argument("--device", default="cpu", help="cpu or cuda (onnxruntime); tensorrt always runs on cuda")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
     options.add_generation_arguments(p)

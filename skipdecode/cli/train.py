@@ -54,7 +54,7 @@ def run(args) -> int:
 
     from skipdecode.errors import SkipDecodeError
     from skipdecode.io import atomic_write_text
-    from skipdecode.training.data import load_examples, split_heldout
+    from skipdecode.data import load_examples, split_heldout
     from skipdecode.training.trainer import Trainer
 
     if args.threads is not None:

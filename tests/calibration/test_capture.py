@@ -13,6 +13,7 @@ import torch
 
 from skipdecode.calibration.capture import CaptureConfig, ShardSet, calibration_prompts, capture
 from skipdecode.errors import SkipDecodeError
+from skipdecode.export.contract import graph_name, layer_file
 from skipdecode.models.backend import TorchBackend
 from skipdecode.runtime import GenerationConfig, generate_ids
 from skipdecode.schedule import Schedule
@@ -56,7 +57,7 @@ def test_shards_hold_the_inputs_skip_decoding_produces(tiny_export, train_csv, t
     assert steps == [list(schedule.layers_for_step(t)) for t in range(len(steps))]
     n = np.array(sorted(len(i) for i in ids))  # generate_ids adds rows by prompt length
     for l in range(L):
-        feeds = list(shards.feeds(l, valid_only=False))
+        feeds = list(shards.feeds(graph_name(l), valid_only=False))
         assert len(feeds) == len(seen[l]) == 1 + sum(l in s for s in steps)  # prefill + the steps running l
         pre, ref = feeds[0], seen[l][0].numpy()  # both right-padded: row b's position p at index p
         for b in range(len(ids)):
@@ -82,14 +83,13 @@ def test_replaying_a_call_gives_the_next_layers_input(tiny_export, train_csv, tm
             show_progress=False)
     shards = ShardSet(tmp_path / "c")
     steps = shards.index["shards"][0]["steps"]
-    feeds = {l: list(shards.feeds(l, valid_only=False)) for l in range(L)}
-    manifest = json.loads((folder / "manifest.json").read_text())
+    feeds = {l: list(shards.feeds(graph_name(l), valid_only=False)) for l in range(L)}
     for t in (0, 3):
         run = steps[t]
         for a, b in zip(run, run[1:]):
             i = 1 + sum(a in s for s in steps[:t])  # call index of layer a at step t (after the prefill)
             j = 1 + sum(b in s for s in steps[:t])
-            sess = ort.InferenceSession(str(folder / manifest["graphs"]["layers"][a]["file"]))
+            sess = ort.InferenceSession(str(folder / layer_file(a)))
             out = sess.run(["hidden_out"], feeds[a][i])[0]
             np.testing.assert_allclose(out, feeds[b][j]["hidden"], rtol=1e-5, atol=1e-5)
 
@@ -104,7 +104,7 @@ def test_valid_only_feeds_drop_padding_and_ended_rows(tiny_export, train_csv, tm
     shard = shards.index["shards"][0]
     n, live = shard["prompt_lengths"], shard["live_decode_calls"]
     assert n == sorted(n) and len(set(n)) > 1 and all(0 <= k <= 7 for k in live)
-    raw, valid = list(shards.feeds(2, valid_only=False)), list(shards.feeds(2))
+    raw, valid = list(shards.feeds("layer_002", valid_only=False)), list(shards.feeds("layer_002"))
     steps = shard["decode_steps"]
     assert len(valid) == 4 + sum(1 for t in range(steps) if max(live) > t)  # a call with no live row is dropped
     assert sum(f["hidden"].shape[0] for f in valid[4:]) == sum(min(k, steps) for k in live)
@@ -120,19 +120,19 @@ def test_valid_only_feeds_drop_padding_and_ended_rows(tiny_export, train_csv, tm
     np.testing.assert_allclose(sess.run(["hidden_out"], one)[0], sess.run(["hidden_out"], raw[1 + t])[0][rows],
                                rtol=1e-5, atol=1e-5)
     for only in (True, False):  # one phase at a time: the same calls, split where the prefill ends
-        every = list(shards.feeds(2, valid_only=only))
-        split = list(shards.feeds(2, only, phase="prefill")), list(shards.feeds(2, only, phase="decode"))
+        every = list(shards.feeds("layer_002", valid_only=only))
+        split = [list(shards.feeds("layer_002", only, phase=phase)) for phase in ("prefill", "decode")]
         assert [len(p) for p in split] == [4 if only else 1, len(every) - (4 if only else 1)]
         for a, b in zip(every, split[0] + split[1]):
             np.testing.assert_array_equal(a["hidden"], b["hidden"])
     with pytest.raises(ValueError, match="phase"):
-        next(shards.feeds(2, phase="generate"))
+        next(shards.feeds("layer_002", phase="generate"))
 
 
 def test_prompts_are_seeded_distinct_and_never_the_test_set(train_csv, tmp_path):
     a = calibration_prompts(train_csv, 6, seed=1)
     assert a == calibration_prompts(train_csv, 6, seed=1) != calibration_prompts(train_csv, 6, seed=2)
-    assert len(set(a)) == 6 and all(p.endswith("\n") for p in a)  # the E2E template (training/data.py)
+    assert len(set(a)) == 6 and all(p.endswith("\n") for p in a)  # the E2E template (skipdecode/data.py)
     assert len(calibration_prompts(train_csv, 100)) == 10
     test = tmp_path / "testset_w_refs.csv"
     test.write_text(train_csv.read_text())

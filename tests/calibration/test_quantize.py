@@ -16,6 +16,7 @@ from skipdecode.calibration.check import agreement
 from skipdecode.calibration.graphs import check_contract
 from skipdecode.calibration.quantize import QuantConfig, quantize_export
 from skipdecode.errors import SkipDecodeError
+from skipdecode.export.contract import graph_name
 from skipdecode.runtime import GenerationConfig, generate_ids
 from skipdecode.runtime.lockstep import lockstep
 from skipdecode.runtime.manifest import load_manifest
@@ -41,10 +42,10 @@ def _capture(folder, csv, tmp_path, schedule, samples=4):
 
 def _layer_errors(fp32, quant, manifest, shards):
     errs = []
-    for l, e in enumerate(manifest["graphs"]["layers"]):
-        a = ort.InferenceSession(str(fp32 / e["file"]))
-        b = ort.InferenceSession(str(quant / e["file"]))
-        for feed in shards.feeds(l):
+    for l, e in enumerate(manifest.graphs.layers):
+        a = ort.InferenceSession(str(fp32 / e.file))
+        b = ort.InferenceSession(str(quant / e.file))
+        for feed in shards.feeds(graph_name(l)):
             ra, rb = a.run(["hidden_out"], feed)[0], b.run(["hidden_out"], feed)[0]
             errs.append(np.abs(rb - ra).max() / np.abs(ra - feed["hidden"]).max())
     return max(errs)
@@ -61,24 +62,24 @@ def test_method_gives_valid_graphs_that_run_close_to_fp32(tiny_export, train_csv
     logs = []
     m = quantize_export(folder, out, QuantConfig(method, per_channel=True), shards, log=logs.append)
     src = load_manifest(folder)
-    assert load_manifest(out)["graphs"] == m["graphs"]  # hashes verified
-    for role in ("embed", "lm_head"):  # kept fp32 by default: the same file
-        assert m["graphs"][role]["sha256"] == src["graphs"][role]["sha256"]
-        assert m["quantization"]["graphs"][role].startswith("kept fp32")
-    for e, s in zip(m["graphs"]["layers"], src["graphs"]["layers"]):
-        model = onnx.load(out / e["file"])
+    assert load_manifest(out) == m  # hashes verified
+    for graph in ("embed", "lm_head"):  # kept fp32 by default: the same file
+        assert getattr(m.graphs, graph).sha256 == getattr(src.graphs, graph).sha256
+        assert m.quantization["graphs"][graph].startswith("kept fp32")
+    for e, s in zip(m.graphs.layers, src.graphs.layers):
+        model = onnx.load(out / e.file)
         onnx.checker.check_model(model)
-        assert QUANT_OPS[method] in e["op_types"] and e["bytes"] < s["bytes"]
-        assert e["inputs"] == s["inputs"] and e["outputs"] == s["outputs"]
-        check_contract(onnx.load(folder / s["file"]), model, "layer")
-        if src["target"] == "tensorrt":  # explicit Q/DQ, standard ops only, int8 with zero point 0
+        assert QUANT_OPS[method] in e.op_types and e.bytes < s.bytes
+        assert e.inputs == s.inputs and e.outputs == s.outputs
+        check_contract(onnx.load(folder / s.file), model, "layer")
+        if src.target == "tensorrt":  # explicit Q/DQ, standard ops only, int8 with zero point 0
             assert all(n.domain in ("", "ai.onnx") for n in model.graph.node)
             zps = [i for i in model.graph.initializer if i.name.endswith("_zero_point")]
             assert zps and all(i.data_type == onnx.TensorProto.INT8 and not onnx.numpy_helper.to_array(i).any()
                                for i in zps)
-    q = m["quantization"]
-    assert q["method"] == method and q["target"] == src["target"]
-    assert all(method.split("-")[0] in q["graphs"][f"layer {i}"] for i in range(L))
+    q = m.quantization
+    assert q["method"] == method and q["target"] == src.target
+    assert all(method.split("-")[0] in q["graphs"][graph_name(i)] for i in range(L))
     if method == "int8-static":
         c = q["calibration"]
         assert c["samples"] == 4 and c["seed"] == 0 and Schedule.from_dict(c["schedule"]) == schedule
@@ -107,9 +108,9 @@ def test_head_and_embedding_quantized_on_request(tiny_export, tmp_path):
                                       ("int4-weight", "MatMulNBits", "GatherBlockQuantized")]:
         out = tmp_path / method
         m = quantize_export(folder, out, QuantConfig(method, head="quantized", embed="quantized"))
-        g = m["graphs"]
-        assert head_op in g["lm_head"]["op_types"] and embed_op in g["embed"]["op_types"]
-        assert not m["quantization"]["graphs"]["lm_head"].startswith("kept")
+        g = m.graphs
+        assert head_op in g.lm_head.op_types and embed_op in g.embed.op_types
+        assert not m.quantization["graphs"]["lm_head"].startswith("kept")
         rows = generate_ids(OnnxRuntimeBackend(out), [[5, 6, 7], [9]], Schedule.full(6),
                             GenerationConfig(max_new_tokens=4, ignore_eos=True), [2], 0)
         assert [r.tokens for r in rows] == [4, 4]  # the runtime takes it
@@ -121,7 +122,7 @@ def test_check_is_recorded_in_the_manifest(tiny_export, tmp_path):
     folder, _, _ = tiny_export("opt-gqa")
     m = quantize_export(folder, tmp_path / "q", QuantConfig("int8-dynamic"), check_prompts=[[5, 6, 7], [9, 10]],
                         check_tokens=5)
-    c = m["quantization"]["check"]
+    c = m.quantization["check"]
     assert c["prompts"] == 2 and c["steps"] == 10 and c["top1_agreement"] >= AGREEMENT["int8-dynamic"]
     assert 0 < c["mean_kl"] < 0.1
     assert json.loads((tmp_path / "q" / "manifest.json").read_text())["quantization"]["check"] == c
@@ -142,7 +143,7 @@ def test_schedule_mismatch_is_warned_and_recorded(tiny_export, train_csv, tmp_pa
         shards = _capture(export, train_csv, work, schedule)
         logs = []
         m = quantize_export(export, work / "q", QuantConfig("int8-static"), shards, log=logs.append)
-        warning = m["quantization"]["schedule_warning"]
+        warning = m.quantization["schedule_warning"]
         assert bool(warning) == warned and any("warning: calibration data drawn under" in s for s in logs) == warned
         if warned:
             assert schedule.describe() in warning
@@ -157,8 +158,8 @@ def test_contract_check_catches_a_node_on_the_kv_buffer(tiny_export):
     gqa.input[3] = "past_key_copy"
     broken.graph.node.insert(0, onnx.helper.make_node("Identity", ["past_key"], ["past_key_copy"]))
     with pytest.raises(RuntimeError, match="KV inputs/outputs"):
-        check_contract(original, broken, "layer 0")
-    assert check_contract(original, original, "layer 0")["GroupQueryAttention"] == 1
+        check_contract(original, broken, "layer_000")
+    assert check_contract(original, original, "layer_000")["GroupQueryAttention"] == 1
 
 
 def test_bad_inputs_are_refused_before_any_work(tiny_export, train_csv, tmp_path):
@@ -176,7 +177,7 @@ def test_bad_inputs_are_refused_before_any_work(tiny_export, train_csv, tmp_path
     with pytest.raises(SkipDecodeError, match="captured from another export"):
         quantize_export(folder, tmp_path / "a", QuantConfig("int8-static"), shards)
     done = quantize_export(folder, tmp_path / "q", QuantConfig("int8-dynamic"))
-    assert done["quantization"]["method"] == "int8-dynamic"
+    assert done.quantization["method"] == "int8-dynamic"
     with pytest.raises(SkipDecodeError, match="already exists"):
         quantize_export(folder, tmp_path / "q", QuantConfig("int8-dynamic"))
     with pytest.raises(SkipDecodeError, match="already quantized"):
@@ -190,10 +191,10 @@ def test_static_scales_cover_every_recorded_call(tiny_export, train_csv, tmp_pat
     capture(folder, calibration_prompts(train_csv, 8), Schedule(6, 5, 2, window=6), tmp_path / "calib",
             CaptureConfig(8, 0, 2, 12), show_progress=False)
     shards = ShardSet(tmp_path / "calib")
-    assert shards.calls(0) > 40
+    assert shards.calls("layer_000") > 40
     m = quantize_export(folder, tmp_path / "q", QuantConfig("int8-static", smooth_alpha=0), shards)  # raw inputs
-    _scale_matches_range(tmp_path / "q" / m["graphs"]["layers"][0]["file"], folder / "layer_000.onnx",
-                         shards.feeds(0))
+    _scale_matches_range(tmp_path / "q" / m.graphs.layers[0].file, folder / "layer_000.onnx",
+                         shards.feeds("layer_000"))
 
 
 def _scale_matches_range(graph, probe_src, feeds, names_expected=4):
@@ -220,13 +221,15 @@ def test_split_phases_calibrate_prefill_and_decode_graphs_on_their_own_calls(tin
     out = tmp_path / "q"
     config = QuantConfig("int8-static", smooth_alpha=0, outlier_ratio=float("inf"), split_phases=True)
     m = quantize_export(folder, out, config, shards)
-    layers = m["graphs"]["layers"]
-    assert [l for l, e in enumerate(layers) if e.get("decode")] == [0, 3, 4, 5]
-    assert [l for l in range(6) if shards.calls(l, "decode")] == [0, 3, 4, 5]
-    assert "prefill calls" in layers[0]["precision"] and "decode calls" in layers[0]["decode"]["precision"]
-    _scale_matches_range(out / layers[0]["file"], folder / "layer_000.onnx", shards.feeds(0, phase="prefill"))
-    _scale_matches_range(out / layers[0]["decode"]["file"], folder / "layer_000.onnx", shards.feeds(0, phase="decode"))
-    assert json.loads((out / "manifest.json").read_text())["graphs"]["layers"][3]["decode"] == layers[3]["decode"]
+    layers = m.graphs.layers
+    assert [l for l, e in enumerate(layers) if e.decode] == [0, 3, 4, 5]
+    assert [l for l in range(6) if shards.calls(graph_name(l), "decode")] == [0, 3, 4, 5]
+    assert "prefill calls" in layers[0].precision and "decode calls" in layers[0].decode.precision
+    _scale_matches_range(out / layers[0].file, folder / "layer_000.onnx", shards.feeds("layer_000", phase="prefill"))
+    _scale_matches_range(out / layers[0].decode.file, folder / "layer_000.onnx",
+                         shards.feeds("layer_000", phase="decode"))
+    on_disk = json.loads((out / "manifest.json").read_text())["graphs"]["layers"][3]["decode"]
+    assert on_disk == m.to_dict()["graphs"]["layers"][3]["decode"] and on_disk["file"] == "layer_003.decode.onnx"
 
     # the runtime runs the decode graphs on decode steps only: the prefill's logits are the same as
     # with the prefill graphs everywhere, the decode steps' are not
@@ -240,9 +243,9 @@ def test_split_phases_calibrate_prefill_and_decode_graphs_on_their_own_calls(tin
 
     tampered = tmp_path / "tampered"
     shutil.copytree(out, tampered)
-    with open(tampered / layers[4]["decode"]["file"], "ab") as f:
+    with open(tampered / layers[4].decode.file, "ab") as f:
         f.write(b"\0")
-    with pytest.raises(SkipDecodeError, match=r"layer 4 \(decode\) graph does not match its SHA-256"):
+    with pytest.raises(SkipDecodeError, match=r"layer_004 \(decode\) graph does not match its SHA-256"):
         load_manifest(tampered)
 
 

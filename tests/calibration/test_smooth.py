@@ -16,6 +16,7 @@ from skipdecode.calibration.capture import CaptureConfig, ShardSet, calibration_
 from skipdecode.calibration.graphs import int8_static
 from skipdecode.calibration.quantize import QuantConfig, quantize_export
 from skipdecode.errors import SkipDecodeError
+from skipdecode.export.contract import graph_name
 from skipdecode.schedule import Schedule
 
 SITES = {"llama-gqa": [(["qkv.weight_t"], "input_layernorm.weight"),
@@ -57,7 +58,7 @@ def _outputs(path, feeds):
 def test_smoothing_keeps_the_function_and_shrinks_inputs_as_predicted(shards_of, tmp_path, name):
     folder, shards = shards_of(name)
     src, dst = folder / "layer_001.onnx", tmp_path / "s.onnx"
-    feeds = list(shards.feeds(1))
+    feeds = list(shards.feeds("layer_001"))
     model = onnx.load(src)
     found = smooth.sites(model)
     assert [(s.weights, (s.fold_vectors + s.fold_columns)[0]) for s in found] == SITES[name]
@@ -91,7 +92,7 @@ def test_a_massive_channel_breaks_static_int8_and_smoothing_undoes_it(shards_of,
         init.CopyFrom(numpy_helper.from_array(w, name))
     massive = tmp_path / "massive.onnx"
     onnx.save(model, massive)
-    feeds = list(shards.feeds(1))
+    feeds = list(shards.feeds("layer_001"))
     ref = [o[0] for o in _outputs(folder / "layer_001.onnx", feeds)]
     np.testing.assert_allclose(_outputs(massive, feeds)[0][0], ref[0], rtol=1e-4, atol=1e-4)
 
@@ -114,14 +115,14 @@ def test_a_massive_channel_breaks_static_int8_and_smoothing_undoes_it(shards_of,
 def test_quantize_export_smooths_static_int8_by_default_and_records_it(shards_of, tmp_path):
     folder, shards = shards_of("llama-gqa")
     m = quantize_export(folder, tmp_path / "q", QuantConfig("int8-static", per_channel=True), shards, log=lambda s: None)
-    assert m["quantization"]["config"]["smooth_alpha"] == 0.5
-    assert all(m["quantization"]["graphs"][f"layer {i}"].startswith("SmoothQuant alpha 0.5 on 3 projection inputs")
-               for i in range(len(m["graphs"]["layers"])))
+    assert m.quantization["config"]["smooth_alpha"] == 0.5
+    assert all(m.quantization["graphs"][graph_name(i)].startswith("SmoothQuant alpha 0.5 on 3 projection inputs")
+               for i in range(m.num_layers))
     assert not list((tmp_path / "q").glob("*.smooth.onnx"))
     off = quantize_export(folder, tmp_path / "off", QuantConfig("int8-static", per_channel=True, smooth_alpha=0),
                           shards, log=lambda s: None)
-    assert off["quantization"]["graphs"]["layer 0"].startswith("int8 static QDQ")
-    assert off["graphs"]["layers"][0]["sha256"] != m["graphs"]["layers"][0]["sha256"]
+    assert off.quantization["graphs"]["layer_000"].startswith("int8 static QDQ")
+    assert off.graphs.layers[0].sha256 != m.graphs.layers[0].sha256
 
 
 @pytest.mark.parametrize("kwargs,message", [({"method": "int8-dynamic", "smooth_alpha": 0.5}, "applies to int8-static"),

@@ -6,10 +6,9 @@ import json
 import pytest
 
 from skipdecode.cli.main import main
-from skipdecode.evaluation.data import load_examples
+from skipdecode.data import format_prompt, group_examples, load_examples
 from skipdecode.evaluation.metrics import score
 from skipdecode.schedule import Schedule
-from skipdecode.training.data import format_prompt
 
 # E2E-style rows over the tiny word-level vocabulary: 4 distinct inputs, 1-3 references each
 ROWS = [("w3 w4 w5", "w10 w11 w12 w13"), ("w6 w7", "w14 w15"), ("w3 w4 w5", "w16 w17 w18"),
@@ -110,7 +109,7 @@ def test_eval_jsonl_limit_and_list_targets(tiny_checkpoints, tmp_path):
     data.write_text("\n".join(json.dumps(r) for r in [
         {"q": "w3 w4", "a": ["w5 w6", "w7"]}, {"q": "w8", "a": "w9"}, {"q": "w3 w4", "a": "w10"},
         {"q": "w11", "a": "w12"}]) + "\n")
-    examples = load_examples(data, prompt_field="q", target_field="a")
+    examples = group_examples(load_examples(data, prompt_field="q", target_field="a"))
     assert [(e.prompt, e.references) for e in examples] == [  # JSONL prompts are used verbatim
         ("w3 w4", ["w5 w6", "w7", "w10"]), ("w8", ["w9"]), ("w11", ["w12"])]
     out = tmp_path / "j"

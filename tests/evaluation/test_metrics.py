@@ -4,18 +4,7 @@ import math
 
 import pytest
 
-from skipdecode.evaluation.metrics import corpus_bleu, group_references, rouge_l, rouge_l_scores, score
-
-
-def test_group_references_merges_rows_of_the_same_input_in_first_seen_order():
-    inputs = ["mr B", "mr A", "mr B", "mr C", "mr A", "mr B"]
-    refs = ["b1", "a1", "b2", "c1", "a2", "b3"]
-    assert group_references(inputs, refs) == (["mr B", "mr A", "mr C"], [["b1", "b2", "b3"], ["a1", "a2"], ["c1"]])
-
-
-def test_group_references_rejects_unequal_lengths():
-    with pytest.raises(ValueError):
-        group_references(["a", "b"], ["x"])
+from skipdecode.evaluation.metrics import corpus_bleu, rouge_l, rouge_l_scores, score
 
 
 def test_perfect_hypotheses_score_100_with_a_variable_number_of_references():

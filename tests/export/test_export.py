@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from skipdecode.errors import SkipDecodeError
-from skipdecode.export.contract import EMBED_INPUTS, HEAD_OUTPUTS, LAYER_INPUTS, LAYER_OUTPUTS, layer_file
+from skipdecode.export.contract import EMBED_INPUTS, HEAD_OUTPUTS, LAYER_INPUTS, LAYER_OUTPUTS, graph_name, layer_file
 from skipdecode.runtime.manifest import load_manifest, sha256_file
 
 ALL = ["llama-gqa", "opt-gqa", "llama-trt", "opt350-std"]
@@ -45,10 +45,10 @@ def test_manifest_matches_files(tiny_export, name):
     assert {"torch", "onnx", "onnxruntime"} <= set(m["exporter"])
     assert "tokenizer.json" in m["tokenizer_files"] and (folder / "tokenizer.json").exists()
     files = [("embed", m["graphs"]["embed"]), ("lm_head", m["graphs"]["lm_head"])]
-    files += [(f"layer {i}", e) for i, e in enumerate(m["graphs"]["layers"])]
+    files += [(graph_name(i), e) for i, e in enumerate(m["graphs"]["layers"])]
     for i, e in enumerate(m["graphs"]["layers"]):
         assert e["file"] == layer_file(i)
-    for role, e in files:
+    for name, e in files:
         for f, digest in e["sha256"].items():
             assert sha256_file(folder / f) == digest
         g = onnx.load(str(folder / e["file"])).graph
@@ -56,13 +56,15 @@ def test_manifest_matches_files(tiny_export, name):
         assert [o["name"] for o in e["outputs"]] == [o.name for o in g.output]
         for spec, vi in zip(e["inputs"] + e["outputs"], list(g.input) + list(g.output)):
             dims = [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
-            assert spec["shape"] == dims, (role, spec["name"])
+            assert spec["shape"] == dims, (name, spec["name"])
     target = m["target"]
     assert [i["name"] for i in m["graphs"]["embed"]["inputs"]] == list(EMBED_INPUTS)
     assert [o["name"] for o in m["graphs"]["lm_head"]["outputs"]] == list(HEAD_OUTPUTS)
     layer0 = m["graphs"]["layers"][0]
     assert [i["name"] for i in layer0["inputs"]] == list(LAYER_INPUTS[target])
     assert [o["name"] for o in layer0["outputs"]] == list(LAYER_OUTPUTS[target])
+    assert load_manifest(folder).to_dict() == m  # the typed manifest reads and writes the same JSON
+    assert list(m)[0] == "format_version" and "quantization" not in m
 
 
 def test_tensorrt_target_uses_standard_ops_only(tiny_export):
@@ -82,12 +84,12 @@ def test_tampered_or_missing_graph_is_refused(tiny_export, tmp_path):
     shutil.copytree(folder, bad)
     with open(bad / layer_file(2), "ab") as f:
         f.write(b"\0")
-    with pytest.raises(SkipDecodeError, match=r"layer_002\.onnx: layer 2 graph does not match its SHA-256"):
+    with pytest.raises(SkipDecodeError, match=r"layer_002\.onnx: layer_002 graph does not match its SHA-256"):
         OnnxRuntimeBackend(bad)
     with pytest.raises(SkipDecodeError, match="SHA-256"):
         verify_export(bad, loaded.model)
     (bad / layer_file(2)).unlink()
-    with pytest.raises(SkipDecodeError, match=r"layer_002\.onnx: layer 2 graph file is missing"):
+    with pytest.raises(SkipDecodeError, match=r"layer_002\.onnx: layer_002 graph file is missing"):
         OnnxRuntimeBackend(bad)
     (bad / "manifest.json").unlink()
     with pytest.raises(SkipDecodeError, match="no manifest.json"):
@@ -157,7 +159,7 @@ def test_verify_only_cli(tiny_export, capsys):
     out = capsys.readouterr().out
     assert "end to end" in out and "layer_005" in out
     assert {p.name: sha256_file(p) for p in folder.iterdir()} == before
-    assert load_manifest(folder)["source"]
+    assert load_manifest(folder).source
 
 
 @pytest.mark.smoke
@@ -166,5 +168,5 @@ def test_smollm2_export(tmp_path):
 
     results = export_model("smollm2-135m", tmp_path / "smollm2", ExportConfig(max_seq=256), log=lambda s: None)
     r = results["onnxruntime"]
-    assert r["manifest"]["layer_kind"] == "gqa" and r["manifest"]["num_layers"] == 30
+    assert r["manifest"].layer_kind == "gqa" and r["manifest"].num_layers == 30
     assert r["report"]["end_to_end"]["max_rel"] < 1e-4

@@ -56,12 +56,11 @@ def test_saved_outputs_load_back_and_match_a_fresh_ort_run(saved, name):
     folder, out, report = saved(name)
     manifest = load_manifest(folder)
     index = json.loads((out / "index.json").read_text())
-    L = manifest["num_layers"]
-    assert sorted(index["graphs"]) == sorted(["embed", "lm_head"] + [f"layer_{i:03d}" for i in range(L)])
-    assert report["reference_outputs"]["graphs"] == L + 2
+    graphs = dict(manifest.named_graphs())
+    assert sorted(index["graphs"]) == sorted(graphs)
+    assert report["reference_outputs"]["graphs"] == manifest.num_layers + 2
     for graph, e in index["graphs"].items():
-        assert e["sha256"] == (manifest["graphs"][graph] if graph in ("embed", "lm_head")
-                               else manifest["graphs"]["layers"][int(graph[6:])])["sha256"]
+        assert e["sha256"] == graphs[graph].sha256
         feeds, results = load_reference(out, graph)
         assert len(feeds) == e["iterations"] == ITERATIONS.get(graph, LAYER_ITERATIONS)
         assert [r for r, _ in results.items()] == [RUNNER]
@@ -74,7 +73,7 @@ def test_saved_outputs_load_back_and_match_a_fresh_ort_run(saved, name):
             for n, a in zip(names, fresh):
                 np.testing.assert_allclose(it[n], a, rtol=1e-6, atol=1e-6, err_msg=f"{graph} {n}")
     layer0 = load_reference(out, "layer_000")[0][0]
-    target = manifest["target"]
+    target = manifest.target
     assert list(layer0) == list(LAYER_INPUTS[target])
     assert list(load_reference(out, "layer_000")[1][0][1][0].keys()) == list(LAYER_OUTPUTS[target])
 

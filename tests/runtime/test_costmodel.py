@@ -1,7 +1,6 @@
 """The cost model behind `skipdecode bench`'s ideal speedup: sizes match the real modules,
 the LM head keeps a skip schedule's ideal below the layer ratio."""
 
-import json
 
 import pytest
 
@@ -58,6 +57,8 @@ def test_batch_one_is_memory_bound_and_batch_32_compute_bound():
 
 
 def test_shape_from_an_export_manifest(tmp_path):
-    (tmp_path / "manifest.json").write_text(json.dumps({"dtype": "float16", "config": SMOLLM2_135M}))
+    from fake_export import write_export
+
+    write_export(tmp_path, dtype="float16", config=SMOLLM2_135M)
     shape = ModelShape.from_dir(tmp_path)
     assert shape.bytes_per_param == 2 and shape == ModelShape.from_hf_config(SMOLLM2_135M, 2)

@@ -53,3 +53,34 @@ def test_build_engines_without_tensorrt_is_a_clean_error(tmp_path, capsys):
     assert main(["build-engines", str(tmp_path), "--out", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err
     assert "TensorRT is not installed" in err and len(err.strip().splitlines()) == 1
+
+
+def test_engines_are_built_per_manifest_graph_and_named_after_it(tmp_path, monkeypatch):
+    """The bookkeeping of build_engines with TensorRT's builder faked: one engine per graph of the
+    manifest, built with the graph's inputs, and the manifest and tokenizer carried along."""
+    from types import SimpleNamespace
+
+    from fake_export import write_export
+    from skipdecode.runtime import tensorrt_engines
+
+    built = []
+
+    def build_engine(trt, onnx_path, inputs, *args):
+        built.append((onnx_path.name, [spec.name for spec in inputs]))
+        return b"plan of " + onnx_path.name.encode()
+
+    monkeypatch.setattr(tensorrt_engines, "import_tensorrt", lambda: SimpleNamespace(__version__="10.13.0"))
+    monkeypatch.setattr(tensorrt_engines, "gpu_identity", lambda: HERE)
+    monkeypatch.setattr(tensorrt_engines, "build_engine", build_engine)
+    export = tmp_path / "export"
+    write_export(export, target="tensorrt", layer_kind="standard")
+    record = tensorrt_engines.build_engines(export, tmp_path / "engines")
+    assert record["engines"] == {"embed": "embed.engine", "layers": ["layer_000.engine", "layer_001.engine"],
+                                 "lm_head": "lm_head.engine"}
+    assert built == [(f, ["x"]) for f in ("embed.onnx", "layer_000.onnx", "layer_001.onnx", "lm_head.onnx")]
+    assert load_engine_record(tmp_path / "engines")["sha256"].keys() == {"embed.engine", "layer_000.engine",
+                                                                          "layer_001.engine", "lm_head.engine"}
+    assert {"manifest.json", "tokenizer.json"} <= {p.name for p in (tmp_path / "engines").iterdir()}
+    write_export(tmp_path / "gqa")
+    with pytest.raises(SkipDecodeError, match="TensorRT needs an export made with"):
+        tensorrt_engines.build_engines(tmp_path / "gqa", tmp_path / "never")

@@ -9,12 +9,13 @@ import torch
 from safetensors.torch import load_file
 
 from train_helpers import e2e_rows, write_e2e
+from skipdecode.data import load_examples
 from skipdecode.errors import SkipDecodeError
 from skipdecode.models import load_model
 from skipdecode.models.base import positions_from_mask
 from skipdecode.schedule import Schedule
 from skipdecode.training.config import TrainConfig
-from skipdecode.training.data import collate, load_examples, tokenize
+from skipdecode.training.batches import collate, tokenize
 from skipdecode.training.evaluate import batch_loss, greedy_samples
 from skipdecode.training.schedules import ScheduleSampler
 from skipdecode.training.trainer import Trainer
