@@ -16,7 +16,7 @@ from tiny import TINY, make_hf, save_checkpoint  # noqa: E402
 
 from skipdecode.models import load_model  # noqa: E402
 from skipdecode.models.backend import TorchBackend  # noqa: E402
-from skipdecode.runtime.generate import positions_from_mask  # noqa: E402
+from skipdecode.runtime.feeds import right_pad  # noqa: E402
 from skipdecode.schedule import Schedule  # noqa: E402
 
 
@@ -44,11 +44,11 @@ def main() -> None:
             b = TorchBackend(model)
             b.allocate(3, 24)
             km = mask.bool().numpy()
-            pos = positions_from_mask(km)
-            steps = [b.forward(ids[:, :P].numpy(), pos[:, :P], km[:, :P], 0, range(6))]
+            pids, lens = right_pad([ids[r, :P].numpy()[km[r, :P]].tolist() for r in range(3)], 0)
+            steps = [b.prefill(0, pids, lens, range(6))]
             for t in range(24 - P - 1):
-                s = P + t
-                steps.append(b.forward(ids[:, s:s + 1].numpy(), pos[:, s:s + 1], km[:, :s + 1], s, sched.layers_for_step(t)))
+                run = sched.layers_for_step(t)
+                steps.append(b.decode(ids[:, P + t].numpy(), lens + t, [(0, 3) if l in run else (0, 0) for l in range(6)]))
             inv_err = np.abs(np.stack(steps, 1) - train[:, P - 1:23].numpy()).max()
             print(f"{name:16} {hf_err:22.2e}   {inv_err:.2e}")
 

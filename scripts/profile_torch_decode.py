@@ -45,9 +45,8 @@ def main() -> None:
 
     from skipdecode.models import load_model
     from skipdecode.models.backend import TorchBackend
-    from skipdecode.runtime import GenerationConfig
+    from skipdecode.runtime import Engine, EngineConfig, Request
     from skipdecode.runtime.bench import make_prompts
-    from skipdecode.runtime.generate import StepEvent, stream_batch
     from skipdecode.schedule import Schedule
 
     if args.threads:
@@ -60,13 +59,12 @@ def main() -> None:
 
     # 1. components at one decode position (slot P, context P + 1)
     backend.allocate(B, P + 2)
-    key_mask = np.ones((B, P + 1), dtype=bool)
-    backend.forward(prompts, np.tile(np.arange(P), (B, 1)), key_mask[:, :P], 0, tuple(range(L)))
-    ids, pos = prompts[:, -1:], np.full((B, 1), P)
+    backend.prefill(0, prompts, np.full(B, P), tuple(range(L)))
+    ids, pos = prompts[:, -1], np.full(B, P)
 
     def step(layers):
-        backend.cache.lengths = [P] * L  # rewrite slot P each time
-        return backend.forward(ids, pos, key_mask, P, layers)
+        backend.lengths[:] = P  # rewrite position P each time
+        return backend.decode(ids, pos, [(0, B) if l in layers else (0, 0) for l in range(L)])
 
     zero = median_ms(lambda: step(()), args.repeats)
     full = median_ms(lambda: step(tuple(range(L))), args.repeats)
@@ -84,15 +82,14 @@ def main() -> None:
 
     # 2. operators over the decode phase of one generation
     sched = Schedule.full(L) if args.speedup == 1 else Schedule.for_speedup(L, args.speedup, args.new_tokens)
-    cfg = GenerationConfig(max_new_tokens=args.new_tokens, ignore_eos=True)
-    gen = stream_batch(backend, prompts.tolist(), sched, cfg, eos_ids=(), pad_id=0)
-    for event in gen:  # prefill and token 0 outside the profile
-        if isinstance(event, StepEvent):
-            break
+    engine = Engine(backend, (), 0, EngineConfig(B, P + args.new_tokens), sched)
+    for p in prompts.tolist():
+        engine.add(Request(p, args.new_tokens, sched, ignore_eos=True))
+    engine.step()  # prefill and token 0 outside the profile
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
-        for _ in gen:
-            pass
+        while engine.has_work:
+            engine.step()
         wall = time.perf_counter() - t0
     steps = args.new_tokens - 1
     print(f"\ndecode phase ({sched.describe()}): {1000 * wall / steps:.2f} ms/step under the profiler "
