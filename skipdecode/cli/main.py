@@ -24,6 +24,7 @@ COMMANDS = {
     "compare": ("compare", "compare eval reports: a table and a quality-vs-speedup plot"),
     "bench": ("bench", "decode tokens/s per backend, batch size and speedup vs ideal and baselines"),
     "bench-serve": ("bench_serve", "open-loop serving load: static vs continuous batching, per-request speedups"),
+    "serve": ("serve", "an OpenAI-compatible HTTP server over an export (streaming, metrics; --ray: replicas)"),
 }
 
 
