@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from skipdecode.models.backend import TorchBackend
+from skipdecode.runtime import Engine, EngineConfig, Request
 from skipdecode.schedule import Schedule
 
 SCHEDULES = [
@@ -19,24 +20,24 @@ SCHEDULES = [
 
 
 def teacher_forced(backend, prompts, targets, schedule):
-    """Decode step by step feeding the targets; returns logits (B, N, V) at the generated columns."""
-    B = len(prompts)
+    """Decode on the engine, feeding the targets instead of sampling; returns logits (B, N, V) at
+    the generated columns, and the left-padded ids and mask the training forward takes."""
+    B, N = len(prompts), targets.shape[1]
     P = max(len(p) for p in prompts)
-    N = targets.shape[1]
+    engine = Engine(backend, (), 0, EngineConfig(B, P + N), schedule)
+    for p in prompts:
+        engine.add(Request(p, N, schedule, ignore_eos=True))
+    out = []
+    for t in range(N):
+        plan = engine.schedule()
+        lp, ld = engine.execute(plan)
+        out.append(lp if plan.prefill is not None else ld)  # rows in prompt order: one depth, admission order
+        engine.update(plan, lp, ld, tokens=targets[:, t])
+    assert not engine.has_work
     ids = np.zeros((B, P), dtype=np.int64)
     mask = np.zeros((B, P), dtype=bool)
     for i, p in enumerate(prompts):
         ids[i, P - len(p):], mask[i, P - len(p):] = p, True
-    backend.allocate(B, P + N)
-    key_mask = np.zeros((B, P + N), dtype=bool)
-    key_mask[:, :P] = mask
-    pos = np.maximum(mask.cumsum(-1) - 1, 0)
-    out = [backend.forward(ids, pos, key_mask[:, :P], 0, range(schedule.num_layers))]
-    nxt = pos[:, -1] + 1
-    for t in range(N - 1):
-        key_mask[:, P + t] = True
-        out.append(backend.forward(targets[:, t:t + 1], nxt[:, None] + t, key_mask[:, :P + t + 1], P + t,
-                                   schedule.layers_for_step(t)))
     return np.stack(out, 1), ids, mask
 
 
@@ -74,9 +75,8 @@ def test_cache_refuses_a_layer_that_skipped_earlier(tiny_models):
     _, loaded = tiny_models["llama"]
     backend = TorchBackend(loaded.model)
     backend.allocate(1, 8)
-    ids = np.array([[5, 6, 7]])
-    km = np.ones((1, 8), dtype=bool)
-    backend.forward(ids, np.arange(3)[None], km[:, :3], 0, range(6))
-    backend.forward(np.array([[9]]), np.array([[3]]), km[:, :4], 3, (0, 5))  # layers 1-4 skipped
+    backend.prefill(0, np.array([[5, 6, 7]]), np.array([3]), range(6))
+    run = lambda layers: [(0, 1) if l in layers else (0, 0) for l in range(6)]  # noqa: E731
+    backend.decode(np.array([9]), np.array([3]), run((0, 5)))  # layers 1-4 skipped
     with pytest.raises(RuntimeError, match="recomputed"):
-        backend.forward(np.array([[9]]), np.array([[4]]), km[:, :5], 4, (0, 4, 5))
+        backend.decode(np.array([9]), np.array([4]), run((0, 4, 5)))
