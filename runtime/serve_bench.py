@@ -57,6 +57,7 @@ class ServeRecord:
     rate: float
     """Requests/s offered; inf: all at once."""
     completed: int
+    output_tokens: int
     output_tokens_per_s: float
     requests_per_s: float
     ttft_p50: float
@@ -108,13 +109,13 @@ def serve(backend, jobs: Sequence[Job], schedules: Sequence[Schedule], mode: str
     tokens = sum(r.tokens for r in results)
     layers = sum(r.mean_layers * r.tokens for r in results) / max(tokens, 1)
     tpots = [r.tpot_s for r in results if r.tpot_s is not None]
-    return ServeRecord(mode, label, rate, len(results), round(tokens / wall, 2), round(len(results) / wall, 4),
+    return ServeRecord(mode, label, rate, len(results), tokens, round(tokens / wall, 2), round(len(results) / wall, 4),
                        round(_pct([r.ttft_s for r in results], 50), 4), round(_pct([r.ttft_s for r in results], 99), 4),
                        round(_pct(tpots, 50), 5), round(_pct(tpots, 99), 5), round(layers, 3), round(wall, 2),
                        round(sum(r.prefill_s for r in results) / wall, 4))
 
 
-def range_overhead(backend, B: int, schedule: Schedule, prompt_len: int = 64, new_tokens: int = 96,
+def range_overhead(backend, B: int, schedule: Schedule, prompt: Sequence[int], new_tokens: int = 96,
                    stagger: int = 4, repeats: int = 3) -> dict:
     """Cost of the row-range mechanism: the same B requests stepping in lockstep (each layer runs
     all rows or none) against arriving ``stagger`` steps apart (each row at its own step, so
@@ -123,9 +124,8 @@ def range_overhead(backend, B: int, schedule: Schedule, prompt_len: int = 64, ne
     def rate(gap: int) -> float:
         best = 0.0
         for _ in range(repeats):
-            engine = Engine(backend, (), 0, EngineConfig(max_rows=B, max_len=prompt_len + new_tokens), schedule)
-            reqs = [Request(tuple(range(100 + i, 100 + i + prompt_len)), new_tokens, schedule, ignore_eos=True)
-                    for i in range(B)]
+            engine = Engine(backend, (), 0, EngineConfig(max_rows=B, max_len=len(prompt) + new_tokens), schedule)
+            reqs = [Request(prompt, new_tokens, schedule, ignore_eos=True) for _ in range(B)]
             pending = list(reqs)
             step, decode_s, row_layers = 0, 0.0, 0
             while pending or engine.has_work:

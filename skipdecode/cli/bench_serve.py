@@ -7,7 +7,6 @@ rates at half and 80% of the continuous full-depth peak."""
 from __future__ import annotations
 
 import json
-import platform
 import sys
 from pathlib import Path
 
@@ -32,6 +31,8 @@ def add_arguments(p):
     p.add_argument("--duration", type=float, default=30.0, help="seconds of arrivals per rate (default 30)")
     p.add_argument("--requests", type=int, default=None, help="requests of a saturating run (default 3 x --max-batch)")
     p.add_argument("--max-batch", type=int, default=16, help="KV rows (default 16)")
+    p.add_argument("--prompt-tokens", default="32,256", help="chat: prompt length range (default 32,256)")
+    p.add_argument("--output-tokens", default="128,512", help="chat: output length range (default 128,512)")
     p.add_argument("--window", type=int, default=32, help="the 3x schedule's window (default 32, as bench)")
     p.add_argument("--data", default=None, help="E2E folder for --workload e2e (default ../shared/data/e2e)")
     p.add_argument("--threads", type=int, default=None)
@@ -45,7 +46,10 @@ def _jobs(args, rt, n: int):
     from skipdecode.runtime import serve_bench as sb
 
     if args.workload == "chat":
-        return sb.chat_jobs(n, rt.tokenizer.vocab_size, args.seed)
+        ranges = [tuple(int(x) for x in _floats(r)) for r in (args.prompt_tokens, args.output_tokens)]
+        if any(len(r) != 2 or not 1 <= r[0] <= r[1] for r in ranges):
+            raise SkipDecodeError("--prompt-tokens and --output-tokens take LOW,HIGH with 1 <= LOW <= HIGH")
+        return sb.chat_jobs(n, rt.tokenizer.vocab_size, args.seed, *ranges)
     from skipdecode.datasets import E2E_TEST, find_e2e
     from skipdecode.io import cache_root
     from skipdecode.evaluation.data import load_examples
@@ -63,12 +67,14 @@ def run(args) -> int:
     from skipdecode.io import atomic_write_text
     from skipdecode.runtime import serve_bench as sb
     from skipdecode.runtime.api import Runtime
+    from skipdecode.runtime.bench import machine_info
     from skipdecode.schedule import Schedule
 
     modes = [m for m in args.modes.split(",") if m]
     if not modes or any(m not in sb.MODES for m in modes):
         raise SkipDecodeError(f"--modes takes {', '.join(sb.MODES)}, got {args.modes!r}")
     speedups = [s for s in args.speedups.split(",") if s]
+    machine = machine_info()
     rt = Runtime.load(args.export, threads=args.threads)
     L = rt.num_layers
     warm = rt.trained_schedule.warmup_layers if rt.trained_schedule else 1
@@ -109,11 +115,17 @@ def run(args) -> int:
             records.append(rec)
     overhead = None
     if args.overhead:
-        overhead = [sb.range_overhead(rt.backend, args.max_batch, s) for s in (solve(1.0), solve(3.0))]
-    report = {"machine": {"processor": platform.processor() or platform.machine(), "system": platform.platform()},
+        P = min(64, int(np.median([len(j.prompt) for j in jobs])))
+        N = min(128, int(np.median([j.new_tokens for j in jobs])))
+        prompt = next(j.prompt for j in jobs if len(j.prompt) >= P)[:P]
+        overhead = [sb.range_overhead(rt.backend, args.max_batch, s, prompt, N, stagger=max(1, N // (2 * args.max_batch)))
+                    for s in (solve(1.0), solve(3.0))]
+    machine["loadavg_1m_end"] = machine_info()["loadavg_1m"]
+    report = {"machine": machine,
               "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")},
               "records": sb.to_dicts(records), "range_overhead": overhead}
     atomic_write_text(args.json, json.dumps(report, indent=1))
+    print(f"{machine['cpu']}, {machine['cores']} cores, load {machine['loadavg_1m']} -> {machine['loadavg_1m_end']}")
     print(sb.records_table(records))
     if overhead:
         for o in overhead:
