@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 
 from skipdecode.errors import SkipDecodeError
 from skipdecode.runtime.engine import Engine, EngineConfig
-from skipdecode.runtime.generate import GenerationConfig, generate_ids
+from skipdecode.runtime.generate import GenerationConfig, GenerationRun, generate_ids
 from skipdecode.runtime.manifest import MANIFEST
 from skipdecode.runtime.request import Request, RowResult
 from skipdecode.runtime.sampling import SamplingConfig
@@ -115,6 +115,24 @@ class Runtime:
         for text, row in zip(texts, rows):
             row.prompt = text
         return rows
+
+    def timed(self, prompts: Sequence[str], schedule: Schedule | Sequence[Schedule] | None = None, *,
+              warmup: bool = False, show_progress: bool = False, desc: str = "generate", **kw) -> GenerationRun:
+        """``generate`` timed: the rows and the wall time of generation alone. ``warmup`` first runs
+        one short untimed batch (sessions, bindings and kernels are made on first use)."""
+        import sys
+        import time
+
+        from tqdm import tqdm
+
+        if warmup:
+            self.generate(prompts[: kw.get("batch_size", 8)], schedule, max_new_tokens=2,
+                          batch_size=kw.get("batch_size", 8))
+        with tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not show_progress, file=sys.stderr) as bar:
+            t0 = time.perf_counter()
+            rows = self.generate(prompts, schedule, progress=bar.update, **kw)
+            wall = time.perf_counter() - t0
+        return GenerationRun(rows, wall)
 
     def stream(self, prompts: Sequence[str] | str, schedule: Schedule | None = None, speedup: float | None = None,
                max_new_tokens: int = 64, sampling: SamplingConfig | None = None, stop: Sequence[str] = (),

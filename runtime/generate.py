@@ -15,7 +15,7 @@ from skipdecode.runtime.request import Request, RowResult
 from skipdecode.runtime.sampling import SamplingConfig
 from skipdecode.schedule import Schedule
 
-__all__ = ["GenerationConfig", "RowResult", "generate_ids", "length_batches"]
+__all__ = ["GenerationConfig", "GenerationRun", "RowResult", "generate_ids", "length_batches"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,41 @@ class GenerationConfig:
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class GenerationRun:
+    """Rows generated together and the wall time they took: the speed figures every command
+    reports (run, generate, eval, the demo) come from here."""
+
+    rows: list[RowResult]
+    wall_s: float
+    """Wall time of generation alone (tokenizing and scoring excluded)."""
+
+    @property
+    def tokens(self) -> int:
+        return sum(r.tokens for r in self.rows)
+
+    @property
+    def mean_layers(self) -> float:
+        """Realised mean n_t over every generated token of every row (token-weighted)."""
+        return sum(r.mean_layers * r.tokens for r in self.rows) / max(self.tokens, 1)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def prefill_s(self) -> float:
+        """Wall time of the prompts' prefill calls, within ``wall_s``."""
+        return sum(r.prefill_s for r in self.rows)
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Tokens over the time outside prefill calls: where the skip schedule acts (a prompt runs
+        every layer whatever the schedule, so it dilutes the end-to-end speedup)."""
+        decode = self.wall_s - self.prefill_s
+        return self.tokens / decode if decode > 0 else 0.0
 
 
 def length_batches(prompts: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:

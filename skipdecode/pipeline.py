@@ -117,19 +117,16 @@ def serve_and_score(cfg: DemoConfig, export_dir: Path, data: Path) -> dict:
     runs: dict[str, list] = {name: [] for name in schedules}
     for _ in range(TIMED_RUNS):  # alternated, the fastest of each kept: a stray slow call moves neither
         for name, schedule in schedules.items():
-            t0 = time.perf_counter()
-            rows = rt.generate(prompts, schedule, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
-            wall = time.perf_counter() - t0
-            runs[name].append((wall, wall - sum(r.prefill_s for r in rows), rows))
+            runs[name].append(rt.timed(prompts, schedule, max_new_tokens=cfg.max_new_tokens,
+                                       batch_size=cfg.batch_size))
     results = {}
     for name, schedule in schedules.items():
-        rows = runs[name][0][2]  # greedy: every run writes the same rows
-        wall, decode = min(r[0] for r in runs[name]), min(r[1] for r in runs[name])  # decode: prompts excluded
-        tokens = sum(r.tokens for r in rows)
-        layers = sum(r.mean_layers * r.tokens for r in rows) / max(tokens, 1)
-        s = score([r.text.strip() for r in rows], [e.references for e in examples])
-        results[name] = dict(schedule=schedule, rows=rows, wall=wall, tokens=tokens, tokens_per_s=tokens / wall,
-                             decode_tokens_per_s=tokens / decode, mean_layers=layers, bleu=s.bleu, rouge_l=s.rouge_l)
+        run = runs[name][0]  # greedy: every run writes the same rows
+        s = score([r.text.strip() for r in run.rows], [e.references for e in examples])
+        results[name] = dict(schedule=schedule, rows=run.rows, wall=min(r.wall_s for r in runs[name]),
+                             tokens=run.tokens, tokens_per_s=max(r.tokens_per_s for r in runs[name]),
+                             decode_tokens_per_s=max(r.decode_tokens_per_s for r in runs[name]),
+                             mean_layers=run.mean_layers, bleu=s.bleu, rouge_l=s.rouge_l)
     results["examples"] = examples
     return results
 

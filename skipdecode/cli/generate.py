@@ -20,6 +20,7 @@ def run(args) -> int:
     from skipdecode.errors import SkipDecodeError
     from skipdecode.models import load_model
     from skipdecode.models.backend import TorchBackend
+    from skipdecode.runtime.api import Runtime
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SkipDecodeError("--device cuda: no CUDA device is available")
@@ -27,9 +28,9 @@ def run(args) -> int:
     config = options.generation_config(args)
     loaded = load_model(args.model, args.device, getattr(torch, args.dtype))
     schedule = options.build_schedule(args, loaded.model.num_layers, loaded.schedule)
-    backend = TorchBackend(loaded.model)
-    rows, elapsed = options.generate_texts(backend, loaded.tokenizer, prompts, schedule, config,
-                                           args.batch_size, show_progress=args.input is not None)
-    options.emit(rows, args.output)
-    print(options.summary(rows, elapsed, schedule), file=sys.stderr)
+    rt = Runtime(TorchBackend(loaded.model), loaded.tokenizer)
+    run = rt.timed(prompts, schedule, show_progress=args.input is not None, max_new_tokens=config.max_new_tokens,
+                   batch_size=args.batch_size, sampling=config.sampling, stop=config.stop)
+    options.emit(run.rows, args.output)
+    print(options.summary(run, schedule), file=sys.stderr)
     return 0

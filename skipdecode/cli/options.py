@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
 
 from skipdecode.errors import SkipDecodeError
 from skipdecode.io import read_jsonl, write_jsonl
-from skipdecode.runtime.api import BACKENDS, Runtime
-from skipdecode.runtime.generate import GenerationConfig, RowResult
+from skipdecode.runtime.api import BACKENDS
+from skipdecode.runtime.generate import GenerationConfig, GenerationRun, RowResult
 from skipdecode.runtime.sampling import SamplingConfig
 from skipdecode.schedule import DECAYS, Schedule
 
@@ -104,25 +102,6 @@ def generation_config(args) -> GenerationConfig:
     return GenerationConfig(args.max_new_tokens, sampling, tuple(args.stop))
 
 
-def generate_texts(backend, tokenizer, prompts: list[str], schedule: Schedule | list[Schedule],
-                   config: GenerationConfig, batch_size: int, show_progress: bool = True,
-                   max_new_tokens: list[int] | None = None) -> tuple[list[RowResult], float]:
-    """Generate through any backend on one continuous batch; returns the rows (text filled in)
-    and the wall time in seconds. ``schedule`` and ``max_new_tokens`` may be one per prompt."""
-    from tqdm import tqdm
-
-    runtime = Runtime(backend, tokenizer)
-    bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not show_progress, file=sys.stderr)
-    t0 = time.perf_counter()
-    rows = runtime.generate(prompts, schedule, batch_size=batch_size,
-                            max_new_tokens=max_new_tokens or config.max_new_tokens,
-                            sampling=config.sampling, stop=config.stop, ignore_eos=config.ignore_eos,
-                            progress=bar.update)
-    elapsed = time.perf_counter() - t0
-    bar.close()
-    return rows, elapsed
-
-
 def emit(rows: list[RowResult], output: str | None) -> None:
     records = [{"prompt": r.prompt, "output": r.text, "tokens": r.tokens, "mean_layers": round(r.mean_layers, 3),
                 "finish_reason": r.finish_reason, "token_ids": r.token_ids} for r in rows]
@@ -133,9 +112,8 @@ def emit(rows: list[RowResult], output: str | None) -> None:
             print(json.dumps({k: rec[k] for k in ("prompt", "output", "tokens", "mean_layers")}, ensure_ascii=False))
 
 
-def summary(rows: list[RowResult], elapsed: float, schedule: Schedule | list[Schedule]) -> str:
-    tokens = sum(r.tokens for r in rows)
-    layers = sum(r.mean_layers * r.tokens for r in rows) / max(tokens, 1)
+def summary(run: GenerationRun, schedule: Schedule | list[Schedule]) -> str:
+    tokens, layers, elapsed = run.tokens, run.mean_layers, run.wall_s
     schedules = [schedule] if isinstance(schedule, Schedule) else list(dict.fromkeys(schedule))
     what = schedules[0].describe() if len(schedules) == 1 else f"{len(schedules)} schedules"
     L = schedules[0].num_layers

@@ -30,9 +30,8 @@ def run(args) -> int:
     schedules = options.row_schedules(rows_in, default, lambda s: rt.schedule(
         speedup=s, window=window, warmup_layers=default.warmup_layers if not default.is_full else None))
     news = [int(r.get("max_new_tokens") or config.max_new_tokens) for r in rows_in]
-    rows, elapsed = options.generate_texts(rt.backend, rt.tokenizer, [r["prompt"] for r in rows_in], schedules,
-                                           config, args.batch_size, show_progress=args.input is not None,
-                                           max_new_tokens=news)
-    options.emit(rows, args.output)
-    print(options.summary(rows, elapsed, schedules), file=sys.stderr)
+    run = rt.timed([r["prompt"] for r in rows_in], schedules, show_progress=args.input is not None,
+                   max_new_tokens=news, batch_size=args.batch_size, sampling=config.sampling, stop=config.stop)
+    options.emit(run.rows, args.output)
+    print(options.summary(run, schedules), file=sys.stderr)
     return 0
