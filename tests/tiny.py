@@ -95,3 +95,42 @@ EXPORTS = {
     "llama-trt": ("llama-gqa", "tensorrt"),
     "opt350-std": ("opt-350m-style", "onnxruntime"),  # head_dim 8: standard-op fallback
 }
+
+
+def run_arrivals(engine, arrivals, max_steps: int = 5000) -> None:
+    """Step ``engine`` until done, adding each (arrival step, Request) when its step comes."""
+    pending = sorted(arrivals, key=lambda a: a[0])
+    step = 0
+    while pending or engine.has_work:
+        while pending and pending[0][0] <= step:
+            engine.add(pending.pop(0)[1])
+        engine.step()
+        step += 1
+        assert step < max_steps, "the engine did not finish"
+
+
+def solo_tokens(backend, request, max_len: int) -> list[int]:
+    """``request``'s tokens generated alone (one KV row) on ``backend``."""
+    from skipdecode.runtime import Engine, EngineConfig, Request
+
+    alone = Request(request.prompt_ids, request.max_new_tokens, request.schedule, request.sampling,
+                    ignore_eos=request.ignore_eos)
+    return Engine(backend, [2], 0, EngineConfig(max_rows=1, max_len=max_len)).run([alone])[0].token_ids
+
+
+def assert_greedy_matches_reference(backend, model, steps_checked: bool = True) -> None:
+    """Greedy ids through ``backend`` equal the PyTorch reference's, at full depth and under a skip
+    schedule, and each decode step ran exactly the schedule's layers."""
+    from skipdecode.models.backend import TorchBackend
+    from skipdecode.runtime import GenerationConfig, generate_ids
+    from skipdecode.schedule import Schedule
+
+    prompts = [[5, 9, 14, 3, 22, 7], [31, 4], [8, 8, 40]]
+    cfg = GenerationConfig(max_new_tokens=10, ignore_eos=True)
+    for schedule in (Schedule.full(6), Schedule(6, 5, 2, window=6)):
+        ref = generate_ids(TorchBackend(model), prompts, schedule, cfg, [2], 0, batch_size=3)
+        got = generate_ids(backend, prompts, schedule, cfg, [2], 0, batch_size=3)
+        assert [r.token_ids for r in got] == [r.token_ids for r in ref]
+        decodes = [c for c in backend.calls if c[0] == "decode"]
+        assert [tuple(l for l, (a, b) in enumerate(c[1]) if a < b) for c in decodes] == [
+            schedule.layers_for_step(t) for t in range(9)]

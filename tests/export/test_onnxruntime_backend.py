@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tiny import run_without_torch
+from tiny import run_arrivals, run_without_torch, solo_tokens
 
 from skipdecode.errors import SkipDecodeError
 from skipdecode.models.backend import TorchBackend
@@ -58,19 +58,11 @@ def test_continuous_batching_equals_alone(tiny_export, name, seed):
                                                int(rng.integers(1, 14)), family[int(rng.integers(0, 4))],
                                                ignore_eos=bool(rng.integers(0, 2))))
             for _ in range(int(rng.integers(3, 8)))]
-    reqs.sort(key=lambda x: x[0])
     engine = Engine(OnnxRuntimeBackend(folder), [2], 0, EngineConfig(max_rows=3, max_len=40))
-    step, pending = 0, list(reqs)
-    while pending or engine.has_work:
-        while pending and pending[0][0] <= step:
-            engine.add(pending.pop(0)[1])
-        engine.step()
-        step += 1
+    run_arrivals(engine, reqs)
     ref = TorchBackend(loaded.model)
     for _, r in reqs:
-        solo = Engine(ref, [2], 0, EngineConfig(max_rows=1, max_len=40)).run(
-            [Request(r.prompt_ids, r.max_new_tokens, r.schedule, ignore_eos=r.ignore_eos)])[0]
-        assert engine.pop_result(r.request_id).token_ids == solo.token_ids
+        assert engine.pop_result(r.request_id).token_ids == solo_tokens(ref, r, 40)
 
 
 def test_errors(tiny_export):

@@ -2,6 +2,8 @@
 
 import pytest
 
+from tiny import run_arrivals, solo_tokens
+
 from skipdecode.errors import SkipDecodeError
 from skipdecode.models.backend import TorchBackend
 from skipdecode.runtime import Engine, EngineConfig, GenerationConfig, Request, SamplingConfig, generate_ids
@@ -58,19 +60,12 @@ def test_continuous_batching_with_mixed_speedups_equals_alone(tiny_models, name)
     reqs = [(3 * i, Request(p, 6 + 2 * i, schedules[i % 4], ignore_eos=i % 2 == 0))
             for i, p in enumerate(PROMPTS + PROMPTS[::-1])]
     engine = Engine(TorchBackend(model), [2], 0, EngineConfig(max_rows=3, max_len=32))
-    step, pending = 0, list(reqs)
-    while pending or engine.has_work:
-        while pending and pending[0][0] <= step:
-            engine.add(pending.pop(0)[1])
-        engine.step()
-        step += 1
+    run_arrivals(engine, reqs)
     moved = [c for c in engine.backend.calls if c[0] == "move"]
     assert moved  # rows of different depths traded places
     for _, r in reqs:
         got = engine.pop_result(r.request_id)
-        solo = Engine(TorchBackend(model), [2], 0, EngineConfig(max_rows=1, max_len=32)).run(
-            [Request(r.prompt_ids, r.max_new_tokens, r.schedule, ignore_eos=r.ignore_eos)])[0]
-        assert got.token_ids == solo.token_ids and got.finish_reason == solo.finish_reason
+        assert got.token_ids == solo_tokens(TorchBackend(model), r, 32)
 
 
 def test_skip_schedule_changes_outputs(tiny_models):

@@ -5,9 +5,7 @@ import importlib.util
 
 import pytest
 
-from skipdecode.models.backend import TorchBackend
-from skipdecode.runtime import GenerationConfig, generate_ids
-from skipdecode.schedule import Schedule
+from tiny import assert_greedy_matches_reference
 
 
 def _has_gpu() -> bool:
@@ -37,15 +35,7 @@ def test_greedy_matches_torch_under_skip_schedule(engines):
     from skipdecode.runtime.tensorrt_backend import TensorRTBackend
 
     out, loaded = engines
-    prompts = [[5, 9, 14, 3, 22, 7], [31, 4], [8, 8, 40]]
-    cfg = GenerationConfig(max_new_tokens=10, ignore_eos=True)
-    for schedule in (Schedule.full(6), Schedule(6, 5, 2, window=6)):
-        ref = generate_ids(TorchBackend(loaded.model), prompts, schedule, cfg, [2], 0, batch_size=3)
-        trt = TensorRTBackend(out)
-        got = generate_ids(trt, prompts, schedule, cfg, [2], 0, batch_size=3)
-        assert [r.token_ids for r in got] == [r.token_ids for r in ref]
-        assert [tuple(l for l, (a, b) in enumerate(c[1]) if a < b) for c in trt.calls[1:]] == [
-            schedule.layers_for_step(t) for t in range(9)]
+    assert_greedy_matches_reference(TensorRTBackend(out), loaded.model)
 
 
 def test_engines_from_another_tensorrt_are_refused(engines, tmp_path):

@@ -11,8 +11,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from tiny import assert_greedy_matches_reference, run_arrivals, solo_tokens
+
 from skipdecode.models.backend import TorchBackend
-from skipdecode.runtime import Engine, EngineConfig, GenerationConfig, Request, generate_ids
+from skipdecode.runtime import Engine, EngineConfig, Request
 from skipdecode.schedule import Schedule
 
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
@@ -97,12 +99,7 @@ def emulated(monkeypatch, tiny_export):
 
 def test_greedy_matches_torch_under_skip_schedule(emulated):
     trt, loaded = emulated
-    prompts = [[5, 9, 14, 3, 22, 7], [31, 4], [8, 8, 40]]
-    cfg = GenerationConfig(max_new_tokens=10, ignore_eos=True)
-    for schedule in (Schedule.full(6), Schedule(6, 5, 2, window=6)):
-        ref = generate_ids(TorchBackend(loaded.model), prompts, schedule, cfg, [2], 0, batch_size=3)
-        got = generate_ids(trt, prompts, schedule, cfg, [2], 0, batch_size=3)
-        assert [r.token_ids for r in got] == [r.token_ids for r in ref]
+    assert_greedy_matches_reference(trt, loaded.model)
 
 
 def test_continuous_batching_with_mixed_speedups_equals_alone(emulated):
@@ -110,14 +107,7 @@ def test_continuous_batching_with_mixed_speedups_equals_alone(emulated):
     family = [Schedule.full(6), Schedule(6, 5, 2, window=6), Schedule.constant(6, 3), Schedule(6, 4, 1, window=4)]
     reqs = [(2 * i, Request([5 + i, 9, 14 + i][: 1 + i % 3], 5 + i, family[i % 4], ignore_eos=True)) for i in range(7)]
     engine = Engine(trt, [2], 0, EngineConfig(max_rows=3, max_len=40))
-    step, pending = 0, list(reqs)
-    while pending or engine.has_work:
-        while pending and pending[0][0] <= step:
-            engine.add(pending.pop(0)[1])
-        engine.step()
-        step += 1
+    run_arrivals(engine, reqs)
     assert any(c[0] == "move" for c in trt.calls)
     for _, r in reqs:
-        solo = Engine(TorchBackend(loaded.model), [2], 0, EngineConfig(max_rows=1, max_len=40)).run(
-            [Request(r.prompt_ids, r.max_new_tokens, r.schedule, ignore_eos=True)])[0]
-        assert engine.pop_result(r.request_id).token_ids == solo.token_ids
+        assert engine.pop_result(r.request_id).token_ids == solo_tokens(TorchBackend(loaded.model), r, 40)
