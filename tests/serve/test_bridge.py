@@ -77,3 +77,16 @@ def test_after_drain_new_requests_are_unavailable(bridge):
             await bridge.submit([Request((5,), 2)])
 
     asyncio.run(go())
+
+
+def test_the_servers_speedup_is_the_default_schedule(tmp_path):
+    b = EngineBridge(ServeConfig(str(tmp_path), speedup=2), fake_loader())
+    b.start()
+    try:
+        assert b.wait_loaded(30)
+        s = b.default_schedule
+        assert not s.is_full and s.speedup == pytest.approx(2, rel=0.1)
+        assert b.schedule_for() is s and b.schedule_for(speedup=1).is_full
+        assert b.schedule_for(speedup=3) is b.schedule_for(speedup=3)  # solved once
+    finally:
+        b.stop(timeout=1)

@@ -47,3 +47,12 @@ def test_a_template_that_refuses_the_messages_is_a_template_error():
         t.render([{"role": "assistant", "content": "x"}])
     with pytest.raises(TemplateError, match="cannot render"):
         ChatTemplate("{{ messages[0].content + 1 }}").render([{"role": "user", "content": "x"}])
+
+
+def test_exports_carry_the_tokenizer_config_and_template_files(tiny_export):
+    from skipdecode.tokenizer import TOKENIZER_FILES
+
+    folder, _, _ = tiny_export("llama-gqa")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert "tokenizer_config.json" in manifest["tokenizer_files"] and (folder / "tokenizer_config.json").is_file()
+    assert {"tokenizer_config.json", "chat_template.jinja"} <= set(TOKENIZER_FILES)  # both copied when present
