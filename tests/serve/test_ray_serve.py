@@ -5,6 +5,7 @@ other request is lost, and a replacement comes up. The one slow serve test (abou
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -74,6 +75,7 @@ def ray_head(tmp_path):
     finally:
         stop_tree(head)
         log.close()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_two_replicas_spread_requests_and_survive_a_replica_kill(serve_export, ray_head, tmp_path):
