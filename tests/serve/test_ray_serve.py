@@ -113,6 +113,8 @@ def test_two_replicas_spread_requests_and_survive_a_replica_kill(serve_export, r
             try:
                 with httpx.stream("POST", url + "/v1/completions", json={**LONG, "stream": True}, timeout=60) as r:
                     run.update(status=r.status_code, replica=r.headers.get(REPLICA), start=time.monotonic())
+                    if r.status_code != 200:
+                        run["body"] = r.read().decode(errors="replace")[:500]
                     run["events"] = sse_events(r.iter_lines())
             except httpx.HTTPError as e:  # the connection cut mid-stream
                 run["error"] = f"{type(e).__name__}: {e}"
@@ -136,13 +138,17 @@ def test_two_replicas_spread_requests_and_survive_a_replica_kill(serve_export, r
             return (r.get("status") == 200 and "error" not in r and events[-1:] == ["[DONE]"]
                     and "".join(e["choices"][0]["text"] for e in events[:-1]) == expected)
 
-        in_flight = [r for r in runs if r.get("replica") == victim and r["end"] > killed_at]
-        assert in_flight, "the kill landed when no request was running on the replica"
-        for r in in_flight:  # ended with an error: a cut stream, an error event or a 5xx
+        running = [r for r in runs if r.get("replica") == victim and r["end"] > killed_at]
+        assert running, "the kill landed when no request was running on the replica"
+        for r in running:  # ended with an error: a cut stream, an error event or a 5xx
             events = r.get("events") or []
             assert "error" in r or r.get("status", 200) >= 500 or events[-1:] != ["[DONE]"], r
-        lost = [r for r in runs if r not in in_flight and not ok(r)]
+        # a request the proxy had just handed to the victim, before our app answered, gets the
+        # proxy's own 500 (no replica header) at the kill: it was in flight on the victim too
+        handed = [r for r in runs if r.get("replica") is None and not ok(r) and r["end"] - killed_at < 10]
+        lost = [r for r in runs if r not in running and r not in handed and not ok(r)]
         assert not lost, lost
+        in_flight = running + handed
 
         # ---- the replacement -------------------------------------------------------------------------
         def replacement():
