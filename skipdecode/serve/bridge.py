@@ -310,10 +310,10 @@ class EngineBridge:
                     items.append(Done(ev.request_id, result))
             if sub is not None:
                 batches.setdefault(id(sub), (sub, []))[1].extend(items)
+        self.metrics.step(len(events), self.engine.num_waiting, self.engine.num_running)  # before anyone hears
         for sub, items in batches.values():
             sub.push(items)
         self._collect_cancelled()
-        self.metrics.step(len(events), self.engine.num_waiting, self.engine.num_running)
 
     def _collect_cancelled(self) -> None:
         """Results of cancelled requests appear once their rows are freed (at once if waiting)."""
