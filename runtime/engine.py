@@ -65,6 +65,7 @@ class Engine:
         self.backend = backend
         self.config = config
         L = backend.num_layers
+        self._requests: dict[str, RequestState] = {}
         self.default_schedule = schedule or Schedule.full(L)
         self._check_depth(self.default_schedule)
         self.eos = frozenset(int(e) for e in eos_ids)
@@ -74,7 +75,6 @@ class Engine:
         backend.allocate(config.max_rows, self.max_len)
         self.scheduler = Scheduler(L, config.max_rows, self.max_len, pad_id, config.policy, config.max_prefill_tokens)
         self._rng = np.random.default_rng(config.seed)
-        self._requests: dict[str, RequestState] = {}
         self._results: dict[str, RowResult] = {}
         self.last_plan: StepPlan | None = None
         """The plan of the latest step (tests and metrics read it)."""
@@ -125,13 +125,21 @@ class Engine:
         return schedule
 
     def _check_depth(self, s: Schedule) -> None:
+        """Rows ordered by depth run each layer as one range only if their layer sets are nested:
+        every skipping schedule in the engine (the default and each request's) must keep layers
+        in the same order (warm-up layers, then the drop order reversed). Full depth nests with any."""
         L = self.backend.num_layers
         if s.num_layers != L:
             raise SkipDecodeError(f"schedule is for {s.num_layers} layers, the model has {L}")
-        ref = getattr(self, "default_schedule", s)
-        if not s.is_full and not ref.is_full and s.warmup_layers != ref.warmup_layers:
-            raise SkipDecodeError(f"schedule has {s.warmup_layers} warm-up layers, this model's schedules have "
-                                  f"{ref.warmup_layers}: rows of one batch must share their warm-up layers")
+        if s.is_full:
+            return
+        others = [getattr(self, "default_schedule", s), *(r.schedule for r in self._requests.values())]
+        for ref in dict.fromkeys(others):
+            if not ref.is_full and ref.keep_order != s.keep_order:
+                raise SkipDecodeError(
+                    f"schedule keeps layers in the order {list(s.keep_order)} ({s.warmup_layers} warm-up), one in "
+                    f"this engine in {list(ref.keep_order)} ({ref.warmup_layers} warm-up): rows of one batch must "
+                    f"share their warm-up layers and drop order (nested layer sets)")
 
     @property
     def has_work(self) -> bool:
