@@ -63,16 +63,13 @@ def run(args) -> int:
     from skipdecode.io import atomic_write_text
     from skipdecode.runtime import serve_bench as sb
     from skipdecode.runtime.api import Runtime
-    from skipdecode.schedule import Schedule
 
     modes = [m for m in args.modes.split(",") if m]
     if not modes or any(m not in sb.MODES for m in modes):
         raise SkipDecodeError(f"--modes takes {', '.join(sb.MODES)}, got {args.modes!r}")
     speedups = [s for s in args.speedups.split(",") if s]
     rt = Runtime.load(args.export, threads=args.threads)
-    L = rt.num_layers
-    warm = rt.trained_schedule.warmup_layers if rt.trained_schedule else 1
-    solve = lambda s: Schedule.full(L) if s == 1 else Schedule.for_speedup(L, s, args.window, warm)  # noqa: E731
+    solve = lambda s: rt.schedule(speedup=s, window=args.window)  # noqa: E731: the export's family
     for s in speedups:
         if s != "mix":
             solve(float(s))  # a speedup the depth cannot reach fails here, before any run

@@ -167,9 +167,10 @@ def test_schedules_of_different_drop_orders_never_share_a_batch():
     eng.add(Request([7], 3, Schedule.constant(L, 2, drop_order="even")))
     while eng.has_work:
         eng.step()
+    assert eng.validate(paper) is paper  # validate checks the default only; add checks the requests too
     eng.add(Request([5], 3, paper))  # once the even rows have left, another order may come in
     with pytest.raises(SkipDecodeError, match="drop order"):
-        eng.validate(even)
+        eng.add(Request([5], 3, even))
     custom = FAMILIES["custom"]
     assert Engine(FakeBackend(L), schedule=custom[0]).validate(custom[2]) is custom[2]  # warm-up 1 and 2, one nesting
 
