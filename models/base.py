@@ -82,10 +82,7 @@ class SkipLM(nn.Module):
         else:
             if prompt_len is None:
                 raise ValueError("a skip schedule needs prompt_len (the first generated column)")
-            steps = T - prompt_len
-            prompt = set(schedule.prompt_layer_set())
-            ends = [prompt_len + schedule.steps_running_layer(l, steps) if l in prompt else 0
-                    for l in range(self.num_layers)]
+            ends = [schedule.columns_running_layer(l, prompt_len, T - prompt_len) for l in range(self.num_layers)]
         for layer, end in zip(self.decoder_layers, ends):
             if end == T:
                 hidden = layer(hidden, rope, mask, _identity_kv)

@@ -238,6 +238,19 @@ class Schedule:
             k += 1
         return k
 
+    def columns_running_layer(self, layer: int, prompt_len: int, num_steps: int) -> int:
+        """How many columns of a training row, ``prompt_len`` prompt tokens then ``num_steps``
+        generated ones, run ``layer``: always a prefix, since the prompt's layer set contains step
+        0's and the sets only shrink. 0 for a layer outside the prompt's set (no token runs it).
+
+        >>> s = Schedule(6, 4, 2, window=4, prompt_layers=5)  # keeps 0, 5, 4, 3, 2, 1 in that order
+        >>> [s.columns_running_layer(l, 3, 4) for l in range(6)]
+        [7, 0, 3, 4, 6, 7]
+        """
+        if layer not in self.prompt_layer_set():
+            return 0
+        return prompt_len + self.steps_running_layer(layer, num_steps)
+
     def mean_layers(self, num_steps: int | None = None) -> float:
         """Mean n_t over the first ``num_steps`` tokens (default: the window)."""
         n = self.window if num_steps is None else num_steps

@@ -52,6 +52,9 @@ def test_steps_running_layer_is_the_prefix_count(s, steps):
     for l in range(s.num_layers):
         k = s.steps_running_layer(l, steps)
         assert [l in s.layers_for_step(t) for t in range(steps)] == [True] * k + [False] * (steps - k)
+        runs = [l in s.prompt_layer_set()] * 3 + [l in s.layers_for_step(t) for t in range(steps)]
+        c = s.columns_running_layer(l, 3, steps)  # a training row: 3 prompt columns, then the steps
+        assert runs == [True] * c + [False] * (len(runs) - c)
 
 
 @settings(max_examples=300, deadline=None)
