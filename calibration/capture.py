@@ -22,7 +22,8 @@ live buffer may hold stale rows of an earlier batch (neither layer kind reads th
 calibration it also drops what carries no real token: the prefill's padding columns (one feed per
 row instead) and rows that already ended but are still fed padding.
 ``index.json`` records samples, seed, schedule, data file, the export's manifest hash, and per
-shard the steps' layer sets, prompt lengths and each row's real decode calls.
+shard the prefill's and the steps' layer sets, prompt lengths and each row's real decode calls. A
+layer outside the schedule's prompt layer set (a prompt depth below L) runs no call at all.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class Recorder:
         self.flush()  # a new static batch reuses the rows: keep the last one's KV first
         self._calls, self._kv, self._steps = {}, {}, []
         self._phase = "prefill"
+        self._prefill_layers = sorted(layers)
         self._lengths = [int(n) for n in lengths]
         return self.inner.prefill(start, ids, lengths, layers)
 
@@ -149,7 +151,7 @@ class Recorder:
         calls = {k: len(r["decode"].get("hidden", [])) for k, r in self._calls.items() if layer_index(k) is not None}
         B, P = self._calls["embed"]["prefill"]["input_ids"].shape
         self.shards.append({"file": file, "rows": B, "prompt_len": P, "prompt_lengths": self._lengths,
-                            "decode_steps": len(self._steps),
+                            "decode_steps": len(self._steps), "prefill_layers": self._prefill_layers,
                             "steps": [list(s) for s in self._steps], "decode_calls": calls,
                             "bytes": (self.folder / file).stat().st_size})
         self._calls = None
@@ -265,9 +267,10 @@ class ShardSet:
         """How many calls of ``graph`` (a graph name) the shards hold: prefills and decode steps,
         or one ``phase``'s."""
         shards = self.index["shards"]
-        layer = layer_index(graph) is not None
-        decode = sum(s["decode_calls"].get(graph, 0) if layer else s["decode_steps"] for s in shards)
-        return {None: len(shards) + decode, "prefill": len(shards), "decode": decode}[phase]
+        l = layer_index(graph)
+        decode = sum(s["decode_calls"].get(graph, 0) if l is not None else s["decode_steps"] for s in shards)
+        prefill = sum(l is None or l in s.get("prefill_layers", range(l + 1)) for s in shards)
+        return {None: prefill + decode, "prefill": prefill, "decode": decode}[phase]
 
     def feeds(self, graph: str, valid_only: bool = True, phase: str | None = None
               ) -> Iterator[dict[str, np.ndarray]]:

@@ -111,8 +111,8 @@ class QuantConfig:
 
 
 def same_schedule(a: Schedule, b: Schedule) -> bool:
-    """Equal as decoding sees them: the same layers at every step."""
-    if a.num_layers != b.num_layers:
+    """Equal as decoding sees them: the same layers for the prompt and at every step."""
+    if a.num_layers != b.num_layers or a.prompt_layer_set() != b.prompt_layer_set():
         return False
     steps = max(a.window, b.window) + 1
     return all(a.layers_for_step(t) == b.layers_for_step(t) for t in range(steps))
@@ -179,6 +179,13 @@ def _quantize_graph(src: Path, dst: Path, graph: str, config: QuantConfig, targe
         from skipdecode.calibration.outliers import fallbacks
 
         sym, feeds = target == "tensorrt", (lambda: shards.feeds(graph, phase=phase))
+        if not shards.calls(graph, phase):  # outside the calibration schedule's prompt layers: it never ran
+            never = f"no calls recorded (the layer never runs under {shards.schedule.describe()})"
+            if sym:
+                shutil.copy2(src, dst)
+                return f"kept fp32: {never}"
+            graphs.int8_dynamic(src, dst, config.per_channel)
+            return f"int8 dynamic: {never}, MatMul weights int8 {'per channel' if config.per_channel else 'per tensor'}"
         smoothed = ""
         if config.smooth_alpha:
             src, smoothed = _smooth(src, dst.with_name(dst.stem + ".smooth.onnx"), feeds, config.smooth_alpha)

@@ -195,14 +195,17 @@ def compare_graphs(folder: Path, manifest: Manifest, model, tokenizer, so, log, 
 
 
 # ---- end to end -----------------------------------------------------------------------------
-def end_to_end(folder: Path, model, tokenizer, new_tokens: int = 8) -> dict:
+def end_to_end(folder: Path, model, tokenizer, new_tokens: int = 8, trained=None) -> dict:
+    """Chained graphs against PyTorch under a decaying schedule in the drop order of ``trained``
+    (the export's own schedule, if any)."""
     from skipdecode.models.backend import TorchBackend
     from skipdecode.runtime.lockstep import lockstep
     from skipdecode.runtime.onnxruntime_backend import OnnxRuntimeBackend
     from skipdecode.schedule import Schedule
 
     L = model.num_layers
-    schedule = Schedule(L, L, max(1, L // 3), window=new_tokens, warmup_layers=1)
+    family = (trained or Schedule.full(L)).family()
+    schedule = Schedule(L, L, max(1, L // 3, family["warmup_layers"]), window=new_tokens, **family)
     real = _real_ids(tokenizer, model.config.vocab_size)
     prompts = [real[:12], real[:7]]
     ort_b = OnnxRuntimeBackend(folder, verify=False)
@@ -271,7 +274,7 @@ def verify_export(folder: str | Path, model=None, tokenizer=None, log=lambda s: 
         from skipdecode.export.polygraphy_outputs import ReferenceSaver
         saver = ReferenceSaver(folder, save_outputs, manifest, save_layers)
     graphs = compare_graphs(folder, manifest, model, tokenizer, so, log, saver)
-    e2e = end_to_end(folder, model, tokenizer)
+    e2e = end_to_end(folder, model, tokenizer, trained=manifest.schedule)
     tol = TOLERANCE[manifest.dtype]
     rel = {name: max(v["max_rel"] for v in r.values()) if "hidden" in r else r["max_rel"] for name, r in graphs.items()}
     worst = max(rel, key=rel.get)

@@ -62,9 +62,12 @@ class SkipLM(nn.Module):
         """Logits (B, T - logits_start, V) and the mean loss over labels != -100.
 
         Prompts are left-padded so that column ``prompt_len`` holds every row's first generated
-        token; the token in column ``prompt_len + t`` runs the layers of ``schedule`` step t.
-        The columns that run layer l are a prefix, so each layer computes only that prefix and
-        the rest of the sequence passes through unchanged (no masking, no wasted FLOPs).
+        token; prompt columns run ``schedule.prompt_layer_set()`` and the token in column
+        ``prompt_len + t`` runs the layers of ``schedule`` step t. The columns that run layer l are
+        a prefix: the prompt's set contains step 0's and the sets only shrink, so a layer runs
+        either no column (outside the prompt's set) or the prompt and the first k generated
+        columns. Each layer computes only that prefix and the rest of the sequence passes through
+        unchanged (no masking, no wasted FLOPs).
         """
         B, T = input_ids.shape
         if attention_mask is None:
@@ -79,8 +82,7 @@ class SkipLM(nn.Module):
         else:
             if prompt_len is None:
                 raise ValueError("a skip schedule needs prompt_len (the first generated column)")
-            steps = T - prompt_len
-            ends = [prompt_len + schedule.steps_running_layer(l, steps) for l in range(self.num_layers)]
+            ends = [schedule.columns_running_layer(l, prompt_len, T - prompt_len) for l in range(self.num_layers)]
         for layer, end in zip(self.decoder_layers, ends):
             if end == T:
                 hidden = layer(hidden, rope, mask, _identity_kv)
@@ -117,7 +119,7 @@ class SkipLM(nn.Module):
         """Run ``layers`` over S new tokens written at cache slots [slot, slot + S).
 
         input_ids/positions: (B, S); key_mask: (B, slot + S) bool, the valid keys so far.
-        Prefill passes every layer; decode step t passes ``schedule.layers_for_step(t)``.
+        Prefill passes ``schedule.prompt_layer_set()``; decode step t ``schedule.layers_for_step(t)``.
         Returns logits (B, V) for the last column, or (B, S, V).
         """
         S = input_ids.shape[1]

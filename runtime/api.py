@@ -71,20 +71,21 @@ class Runtime:
         return self.backend.num_layers
 
     def schedule(self, schedule: Schedule | None = None, speedup: float | None = None, window: int = 32,
-                 warmup_layers: int | None = None) -> Schedule:
+                 like: Schedule | None = None) -> Schedule:
         """An explicit schedule, one solved for ``speedup``, the export's own, or full depth.
 
-        A solved schedule keeps the export's warm-up layers (rows of one batch must share them)."""
+        A solved schedule keeps the family (warm-up layers, drop order, prompt depth) of ``like``,
+        by default the export's own schedule: rows of one batch must share their nesting, and the
+        model runs as it was fine-tuned."""
         if schedule is not None and speedup is not None:
             raise SkipDecodeError("give a schedule or a speedup, not both")
         if schedule is not None:
             return schedule
         if speedup is not None:
-            if warmup_layers is None:
-                warmup_layers = self.trained_schedule.warmup_layers if self.trained_schedule else 1
+            family = (like or self.trained_schedule or Schedule.full(self.num_layers)).family()
             try:
-                return Schedule.full(self.num_layers) if speedup == 1 else Schedule.for_speedup(
-                    self.num_layers, speedup, window, warmup_layers)
+                return Schedule.full(self.num_layers, **family) if speedup == 1 else Schedule.for_speedup(
+                    self.num_layers, speedup, window, **family)
             except ValueError as e:
                 raise SkipDecodeError(f"speedup {speedup:g}: {e}") from None
         return self.trained_schedule or Schedule.full(self.num_layers)

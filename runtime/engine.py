@@ -19,6 +19,7 @@ events and stop strings. It imports neither torch nor transformers.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -66,6 +67,8 @@ class Engine:
         self.config = config
         L = backend.num_layers
         self.default_schedule = schedule or Schedule.full(L)
+        self._nestings: Counter[tuple[int, ...]] = Counter()
+        """keep_order -> skipping requests in the engine that keep layers in that order."""
         self._check_depth(self.default_schedule)
         self.eos = frozenset(int(e) for e in eos_ids)
         self.pad_id = pad_id
@@ -92,7 +95,7 @@ class Engine:
             raise SkipDecodeError(f"prompt of {len(request.prompt_ids)} tokens + {request.max_new_tokens} new "
                                   f"tokens = {need} positions, above the {self.max_len} of a KV row")
         schedule = request.schedule or self.default_schedule
-        self._check_depth(schedule)
+        self._check_depth(schedule, live=True)
         if request.stop and self.tokenizer is None:
             raise SkipDecodeError("stop strings need a tokenizer (Engine(..., tokenizer=...))")
         limit = self.config.max_waiting
@@ -103,6 +106,8 @@ class Engine:
         text = TextStream(self.tokenizer, request.stop) if self.tokenizer is not None else None
         state = RequestState(request, schedule, rng, text, time.perf_counter())
         self._requests[state.id] = state
+        if not schedule.is_full:
+            self._nestings[schedule.keep_order] += 1
         self.scheduler.waiting.append(state)
         return state.id
 
@@ -120,18 +125,31 @@ class Engine:
         return True
 
     def validate(self, schedule: Schedule) -> Schedule:
-        """Raise SkipDecodeError unless ``schedule`` can share this engine's batches."""
+        """Raise SkipDecodeError unless ``schedule`` can share this engine's batches with its
+        default schedule (any thread; ``add`` also checks the requests in the engine)."""
         self._check_depth(schedule)
         return schedule
 
-    def _check_depth(self, s: Schedule) -> None:
+    def _check_depth(self, s: Schedule, live: bool = False) -> None:
+        """Rows ordered by depth run each layer as one range only if their layer sets are nested:
+        every skipping schedule in the engine (the default, and with ``live`` each request's) must
+        keep layers in the same order (warm-up layers, then the drop order reversed). Full depth
+        nests with any."""
         L = self.backend.num_layers
         if s.num_layers != L:
             raise SkipDecodeError(f"schedule is for {s.num_layers} layers, the model has {L}")
-        ref = getattr(self, "default_schedule", s)
-        if not s.is_full and not ref.is_full and s.warmup_layers != ref.warmup_layers:
-            raise SkipDecodeError(f"schedule has {s.warmup_layers} warm-up layers, this model's schedules have "
-                                  f"{ref.warmup_layers}: rows of one batch must share their warm-up layers")
+        if s.is_full:
+            return
+        mine = s.keep_order
+        others = list(self._nestings) if live else []
+        if not self.default_schedule.is_full:
+            others.append(self.default_schedule.keep_order)
+        for other in others:
+            if other != mine:
+                raise SkipDecodeError(
+                    f"schedule keeps layers in the order {list(mine)} ({s.warmup_layers} warm-up), another in this "
+                    f"engine in {list(other)}: rows of one batch must share their warm-up layers and drop order "
+                    f"(nested layer sets)")
 
     @property
     def has_work(self) -> bool:
@@ -249,6 +267,10 @@ class Engine:
         r.finish_reason = reason
         r.finish_s = r.finish_s or time.perf_counter()
         del self._requests[r.id]
+        if not r.schedule.is_full:
+            self._nestings[r.schedule.keep_order] -= 1
+            if not self._nestings[r.schedule.keep_order]:
+                del self._nestings[r.schedule.keep_order]
         text = "" if r.text is None else r.text.text
         mean = r.schedule.mean_layers(len(r.out)) if r.out else 0.0
         self._results[r.id] = RowResult(list(r.request.prompt_ids), r.out, reason, mean, text,

@@ -1,7 +1,9 @@
 """The engine's first phase: which requests run this step, in which KV rows, through which layers.
 
 The output is plain data (vLLM v1's SchedulerOutput): moves that keep the rows ordered by depth,
-one prefill of newcomers over their own row range, one decode of every running row. Two policies:
+one prefill of newcomers over their own row range, one decode of every running row. A prefill runs
+one layer set for all its rows, so a step admits only newcomers whose schedules share the prompt
+layer set of the first one waiting (the others wait for a later step, in order). Two policies:
 
 - ``continuous``: a request is admitted as soon as a KV row is free; finished rows leave at once.
 - ``static``: a batch is admitted only when the engine is empty, and rows that finish keep their
@@ -75,6 +77,7 @@ class Prefill:
     ids: np.ndarray  # (n, S) int64, right-padded
     lengths: np.ndarray  # (n,) int64
     layers: tuple[int, ...]
+    """The prompt layer set every request of this prefill shares (``schedule.prompt_layer_set()``)."""
 
 
 @dataclass
@@ -157,11 +160,16 @@ class Scheduler:
             return None
         free = self.max_rows - first_free
         batch: list[RequestState] = []
+        later: list[RequestState] = []  # another prompt layer set: a later prefill
         longest = 0
+        layers: tuple[int, ...] | None = None
         while self.waiting and len(batch) < free:
             r = self.waiting[0]
             if r.cancelled:
                 self.waiting.popleft()
+                continue
+            if layers is not None and r.schedule.prompt_layer_set() != layers:
+                later.append(self.waiting.popleft())
                 continue
             S = max(longest, r.prompt_len)
             if batch and self.max_prefill_tokens and (len(batch) + 1) * S > self.max_prefill_tokens:
@@ -173,13 +181,15 @@ class Scheduler:
                     break
             batch.append(self.waiting.popleft())
             longest = S
+            layers = r.schedule.prompt_layer_set()
+        self.waiting.extendleft(reversed(later))
         if not batch:
             return None
         for i, r in enumerate(batch):
             r.row = first_free + i
             self.running.append(r)
         ids, lengths = right_pad([r.request.prompt_ids for r in batch], self.pad_id)
-        return Prefill(first_free, batch, ids, lengths, tuple(range(self.num_layers)))
+        return Prefill(first_free, batch, ids, lengths, layers)
 
     # ---- bookkeeping --------------------------------------------------------------------------
     def release(self, r: RequestState) -> None:

@@ -2,12 +2,17 @@
 
     python scripts/bench_train_step.py --data /path/to/e2e/devset.csv [--model smollm2-135m]
         [--speedups 1 3 5] [--batch-size 16] [--repeats 5] [--window 32] [--threads N]
+        [--precisions fp32 bf16] [--optimizers adamw fused] [--prompt-layers N]
 
-Schedules are timed in interleaved rounds after one warm-up round, so load from other processes
-on a shared machine hits them alike; the report gives medians and ratios to 1x measured in the
-same run, the share of (layer, column) pairs each schedule computes, and the machine. Besides
-wall time it reports the process's CPU time, which other processes' load barely disturbs (with
---threads 1 it is the step's compute time).
+Every (speedup, precision, optimizer) is a variant; the first of each list is the baseline the
+others vary from one at a time. Variants are timed in interleaved rounds after one warm-up round,
+so load from other processes on a shared machine hits them alike; the report gives medians and
+ratios to the first variant measured in the same run, the share of (layer, column) pairs each
+schedule computes, and the machine (with its native-bf16 flags). Besides wall time it reports the
+process's CPU time, which other processes' load barely disturbs (with --threads 1 it is the step's
+compute time). bf16 is autocast over fp32 weights, as `skipdecode train --mixed-precision bf16`
+runs it; ``adamw`` is the optimizer with torch's default implementation, ``fused`` its fused kernel
+(what training/optim.py uses).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from skipdecode.models import load_model
 from skipdecode.schedule import Schedule
 from skipdecode.training.batches import collate, tokenize
 from skipdecode.training.evaluate import batch_loss
+from skipdecode.training.precision import NATIVE_BF16_FLAGS, cpu_flags
 
 
 def layer_share(schedule: Schedule, T: int, P: int) -> float:
@@ -34,7 +40,7 @@ def layer_share(schedule: Schedule, T: int, P: int) -> float:
     if schedule.is_full:
         return 1.0
     L = schedule.num_layers
-    return sum(P + schedule.steps_running_layer(layer, T - P) for layer in range(L)) / (L * T)
+    return sum(schedule.columns_running_layer(layer, P, T - P) for layer in range(L)) / (L * T)
 
 
 def main() -> int:
@@ -47,6 +53,10 @@ def main() -> int:
     p.add_argument("--window", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 is steadier on a busy machine)")
+    p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32"])
+    p.add_argument("--optimizers", nargs="+", choices=["adamw", "fused"], default=["fused"])
+    p.add_argument("--prompt-layers", type=int, help="prompt depth of the skip schedules (default: all layers)")
+    p.add_argument("--no-head-all", action="store_true", help="skip the 'head on all columns' variant")
     args = p.parse_args()
 
     if args.threads:
@@ -61,46 +71,75 @@ def main() -> int:
     batch = collate(pairs, loaded.tokenizer.pad_id)
     B, T = batch.input_ids.shape
     P = batch.prompt_len
-    schedules = {s: Schedule.full(L) if s == 1 else Schedule.for_speedup(L, s, args.window) for s in args.speedups}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    schedules = {s: Schedule.full(L) if s == 1 else Schedule.for_speedup(L, s, args.window,
+                                                                          prompt_layers=args.prompt_layers)
+                 for s in args.speedups}
+    optimizers = {o: torch.optim.AdamW(model.parameters(), lr=1e-6, fused=o == "fused") for o in args.optimizers}
 
-    def step(schedule: Schedule, head_all: bool = False) -> tuple[float, float]:
+    def step(schedule: Schedule, precision: str, opt: str, head_all: bool = False) -> tuple[float, float, float]:
+        optimizer = optimizers[opt]
         t0, c0 = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
-        if head_all:  # the LM head over every column, as a plain causal-LM trainer would
-            _, loss = model(batch.input_ids, batch.attention_mask, labels=batch.labels, schedule=schedule, prompt_len=P)
-        else:
-            loss, _ = batch_loss(model, batch, schedule)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            if head_all:  # the LM head over every column, as a plain causal-LM trainer would
+                _, loss = model(batch.input_ids, batch.attention_mask, labels=batch.labels, schedule=schedule,
+                                prompt_len=P)
+            else:
+                loss, _ = batch_loss(model, batch, schedule)
         loss.backward()
+        c1 = time.process_time()
         optimizer.step()
-        return time.perf_counter() - t0, time.process_time() - c0
+        return time.perf_counter() - t0, time.process_time() - c0, time.process_time() - c1
 
-    variants = [(f"{s:g}x", schedules[s], False) for s in args.speedups] + [("1x, head on all columns", Schedule.full(L), True)]
-    times = {name: [] for name, _, _ in variants}
-    cpu = {name: [] for name, _, _ in variants}
+    p0, o0 = args.precisions[0], args.optimizers[0]
+    variants = [(f"{s:g}x {p0} {o0}", schedules[s], p0, o0, False) for s in args.speedups]
+    variants += [(f"{args.speedups[0]:g}x {p} {o0}", schedules[args.speedups[0]], p, o0, False)
+                 for p in args.precisions[1:]]
+    variants += [(f"{args.speedups[0]:g}x {p0} {o}", schedules[args.speedups[0]], p0, o, False)
+                 for o in args.optimizers[1:]]
+    if not args.no_head_all:
+        variants.append((f"1x {p0} {o0}, head on all columns", Schedule.full(L), p0, o0, True))
+    times = {v[0]: [] for v in variants}
+    cpu = {v[0]: [] for v in variants}
+    opt_cpu = {v[0]: [] for v in variants}
     load = os.getloadavg()[0]
     for r in range(args.repeats + 1):
-        for name, schedule, head_all in variants:
-            dt, dc = step(schedule, head_all)
+        for name, schedule, precision, opt, head_all in variants:
+            dt, dc, do = step(schedule, precision, opt, head_all)
             if r:  # round 0 warms up
                 times[name].append(dt)
                 cpu[name].append(dc)
+                opt_cpu[name].append(do)
         print(f"round {r}: " + ", ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items() if t), file=sys.stderr)
 
     base = statistics.median(times[variants[0][0]])
     base_cpu = statistics.median(cpu[variants[0][0]])
+    native = sorted(set(NATIVE_BF16_FLAGS) & cpu_flags()) or ["none"]
     print(f"# training step (fwd + bwd + AdamW), {args.model}, batch {B} x {T} tokens (prompt column {P}, "
           f"{batch.num_tokens} real tokens, {batch.num_targets} targets), median of {args.repeats}")
-    print(f"# machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, "
-          f"torch {torch.__version__} {torch.get_num_threads()} threads, load average {load:.1f} before, "
-          f"{os.getloadavg()[0]:.1f} after")
-    print("| schedule | wall s (median) | vs 1x | CPU s (median) | vs 1x | layer-column share |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for name, schedule, _ in variants:
+    print(f"# machine: {platform.machine()} {cpu_model()} {os.cpu_count()} cores, native bf16 flags: "
+          f"{', '.join(native)}; torch {torch.__version__} {torch.get_num_threads()} threads, load average "
+          f"{load:.1f} before, {os.getloadavg()[0]:.1f} after")
+    print(f"| variant | wall s (median) | vs {variants[0][0]} | CPU s (median) | vs first | of which optimizer "
+          f"CPU s | layer-column share |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, schedule, *_ in variants:
         med, med_cpu = statistics.median(times[name]), statistics.median(cpu[name])
         print(f"| {name}: {schedule.describe()} | {med:.2f} | {base / med:.2f}x | {med_cpu:.2f} | "
-              f"{base_cpu / med_cpu:.2f}x | {layer_share(schedule, T, P):.2f} |")
+              f"{base_cpu / med_cpu:.2f}x | {statistics.median(opt_cpu[name]):.2f} | "
+              f"{layer_share(schedule, T, P):.2f} |")
     return 0
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else platform's processor string."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or ""
 
 
 if __name__ == "__main__":

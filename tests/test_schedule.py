@@ -1,9 +1,16 @@
-"""Schedule properties: monotone, budget met, bounds enforced, prefix structure, JSON."""
+"""Schedule properties: monotone, budget met, bounds enforced, nested layer sets and prefix
+structure for every drop order and prompt depth, JSON."""
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from skipdecode.schedule import Schedule
+from skipdecode.schedule import Schedule, even_order, paper_order
+
+
+@st.composite
+def drop_orders(draw, L, warm):
+    """None (the paper's), a name, or any permutation of the droppable layers."""
+    return draw(st.one_of(st.none(), st.sampled_from(["paper", "even"]), st.permutations(range(warm, L))))
 
 
 @st.composite
@@ -12,8 +19,10 @@ def schedules(draw):
     warm = draw(st.integers(0, min(3, L)))
     mn = draw(st.integers(max(1, warm), L))
     mx = draw(st.integers(mn, L))
-    return Schedule(L, mx, mn, draw(st.integers(1, 80)), warm, draw(st.sampled_from(["linear", "power"])),
-                    draw(st.floats(0.25, 4.0)))
+    s = Schedule(L, mx, mn, draw(st.integers(1, 80)), warm, draw(st.sampled_from(["linear", "power"])),
+                 draw(st.floats(0.25, 4.0)), draw(drop_orders(L, warm)))
+    prompt = draw(st.one_of(st.none(), st.integers(1, L)))
+    return Schedule.from_dict({**s.to_dict(), **({} if prompt is None else {"prompt_layers": prompt})})
 
 
 @settings(max_examples=200, deadline=None)
@@ -43,6 +52,75 @@ def test_steps_running_layer_is_the_prefix_count(s, steps):
     for l in range(s.num_layers):
         k = s.steps_running_layer(l, steps)
         assert [l in s.layers_for_step(t) for t in range(steps)] == [True] * k + [False] * (steps - k)
+        runs = [l in s.prompt_layer_set()] * 3 + [l in s.layers_for_step(t) for t in range(steps)]
+        c = s.columns_running_layer(l, 3, steps)  # a training row: 3 prompt columns, then the steps
+        assert runs == [True] * c + [False] * (len(runs) - c)
+
+
+@settings(max_examples=300, deadline=None)
+@given(schedules())
+def test_layer_sets_are_nested_and_kv_safe_in_every_order(s):
+    """n -> layer_set(n) is a chain of subsets whose order is the drop order; a token at step t
+    runs a layer only if the prompt and every earlier token ran it (its KV is whole)."""
+    L, w = s.num_layers, s.warmup_layers
+    for n in range(w, L):
+        small, big = set(s.layer_set(n)), set(s.layer_set(n + 1))
+        assert len(small) == n and small < big and big - small == {s.order[L - n - 1]}
+    assert set(s.layer_set(w)) == set(range(w)) and s.layer_set(L) == tuple(range(L))
+    prompt = set(s.prompt_layer_set())
+    assert len(prompt) == s.prompt_depth == max(s.prompt_layers or L, s.layers_at(0))
+    ran = [prompt]  # the layer sets of the prompt and of each earlier step
+    for t in range(s.window + 3):
+        now = set(s.layers_for_step(t))
+        assert all(now <= before for before in ran), "a layer would read KV that an earlier position skipped"
+        ran.append(now)
+    assert Schedule.from_json(s.to_json()) == s and Schedule.from_dict(s.to_dict()) == s
+
+
+def test_default_order_is_the_papers_and_serialises_as_before():
+    s = Schedule(30, 15, 5, 48)
+    assert s.layer_set(10) == (0, *range(21, 30)) and s.prompt_layer_set() == tuple(range(30))
+    assert s.to_dict() == dict(num_layers=30, max_layers=15, min_layers=5, window=48, warmup_layers=1,
+                               decay="linear", power=2.0)
+    for same in ("paper", list(paper_order(30, 1)), None):  # named or listed, the default is stored as None
+        assert Schedule(30, 15, 5, 48, drop_order=same) == s
+    assert Schedule(30, 15, 5, 48, prompt_layers=30) == s  # all layers is the default depth
+    assert Schedule(30, 15, 5, 48, drop_order="even").drop_order == even_order(30, 1)
+
+
+def test_orders_and_prompt_depth_round_trip_and_describe():
+    s = Schedule(8, 6, 3, 5, warmup_layers=2, drop_order=[7, 2, 3, 4, 6, 5], prompt_layers=7)
+    assert s.layer_set(3) == (0, 1, 5) and s.layers_for_step(0) == (0, 1, 3, 4, 5, 6)
+    assert s.prompt_layer_set() == (0, 1, 2, 3, 4, 5, 6)
+    assert s.to_dict()["drop_order"] == [7, 2, 3, 4, 6, 5] and s.to_dict()["prompt_layers"] == 7
+    assert Schedule.from_json(s.to_json()) == s
+    assert "custom drop order, prompt 7 layers" in s.describe()
+    assert "even drop order" in Schedule.constant(8, 3, drop_order="even").describe()
+
+
+@pytest.mark.parametrize("order, match", [
+    ([1, 2, 3, 4], "each droppable layer once"),   # 5 missing
+    ([0, 1, 2, 3, 4, 5], "each droppable layer once"),  # the warm-up layer 0 listed
+    ([1, 1, 2, 3, 4], "each droppable layer once"),
+    ("bottom", "drop_order must be one of"),
+    ([1.5, None], "a name or a list"),
+])
+def test_bad_drop_orders_are_refused(order, match):
+    with pytest.raises(ValueError, match=match):
+        Schedule(6, 4, 2, 4, drop_order=order)
+
+
+def test_prompt_depth_is_at_least_step_zeros_and_carries_over_to_solved_schedules():
+    for bad in (0, 31, 2.5, True):
+        with pytest.raises(ValueError, match=r"prompt_layers must be an integer in \[1, num_layers=30\]"):
+            Schedule(30, 15, 5, 48, prompt_layers=bad)
+    trained = Schedule.for_speedup(30, 3, 32, drop_order="even", prompt_layers=12)
+    assert trained.max_layers == trained.prompt_depth == 15  # never below n_0
+    fast = Schedule.for_speedup(30, 5, 32, **trained.family())
+    assert fast.prompt_depth == 12 > fast.layers_at(0) and fast.drop_order == trained.drop_order
+    full = Schedule.full(30, **trained.family())
+    assert full.is_full and full.prompt_depth == 30 and Schedule.for_speedup(30, 3, 32, **full.family()) == trained
+    assert Schedule.full(30, **Schedule(30, 15, 5, 48).family()) == Schedule.full(30)
 
 
 @settings(max_examples=150, deadline=None)

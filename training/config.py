@@ -49,7 +49,9 @@ class TrainConfig:
     distill_weight: float = 0.5
     """With a teacher: loss = (1 - w) * CE + w * KL(teacher || student) on target tokens."""
     mixed_precision: str = "auto"
-    """auto (bf16 on CUDA where supported, else fp32), no, bf16 or fp16."""
+    """auto, no (fp32), bf16 (autocast, fp32 master weights) or fp16. auto: bf16 on CUDA where
+    supported; on a CPU bf16 only where it is native (AMX, AVX512-BF16) and measured clearly faster
+    than fp32 at the model's sizes (training/precision.py), else fp32."""
     progress: bool = True
     """tqdm bar on stderr."""
 

@@ -20,10 +20,12 @@ from skipdecode.schedule import Schedule
 
 
 @functools.lru_cache(maxsize=512)
-def _solve(num_layers: int, speedup: float, window: int, warmup_layers: int, decay: str) -> Schedule:
+def _solve(num_layers: int, speedup: float, window: int, warmup_layers: int, decay: str,
+           drop_order: tuple[int, ...] | None = None, prompt_layers: int | None = None) -> Schedule:
+    family = dict(warmup_layers=warmup_layers, drop_order=drop_order, prompt_layers=prompt_layers)
     if speedup == 1:
-        return Schedule.full(num_layers)
-    return Schedule.for_speedup(num_layers, speedup, window, warmup_layers, decay)
+        return Schedule.full(num_layers, **family)
+    return Schedule.for_speedup(num_layers, speedup, window, decay=decay, **family)
 
 
 def parse_range(text: str) -> tuple[float, float]:
@@ -46,15 +48,19 @@ class ScheduleSampler:
     window: int = 32
     warmup_layers: int = 1
     decay: str = "linear"
+    drop_order: tuple[int, ...] | None = None
+    """The family every drawn schedule shares (``Schedule.family()``): warm-up, drop order, prompt depth."""
+    prompt_layers: int | None = None
 
     @classmethod
     def for_range(cls, num_layers: int, lo: float, hi: float, window: int = 32, warmup_layers: int = 1,
-                  decay: str = "linear") -> "ScheduleSampler":
+                  decay: str = "linear", drop_order=None, prompt_layers: int | None = None) -> "ScheduleSampler":
         most = num_layers / max(1, warmup_layers)
         if hi > most:
             raise SkipDecodeError(f"--speedup-range: {hi:g} is above {most:g}, the most {num_layers} layers allow")
-        low = _solve(num_layers, round(lo, 2), window, warmup_layers, decay)
-        return cls(None, low, (lo, hi), window, warmup_layers, decay)
+        drop_order = Schedule.full(num_layers, warmup_layers, drop_order).drop_order  # a name, checked -> layers
+        low = _solve(num_layers, round(lo, 2), window, warmup_layers, decay, drop_order, prompt_layers)
+        return cls(None, low, (lo, hi), window, warmup_layers, decay, drop_order, prompt_layers)
 
     @property
     def num_layers(self) -> int:
@@ -65,15 +71,18 @@ class ScheduleSampler:
             return self.fixed
         lo, hi = self.speedup_range
         s = round(rng.uniform(lo, hi), 2)  # rounded so the solver's cache stays small
-        return _solve(self.num_layers, s, self.window, self.warmup_layers, self.decay)
+        return self._solve(s)
+
+    def _solve(self, speedup: float) -> Schedule:
+        return _solve(self.num_layers, speedup, self.window, self.warmup_layers, self.decay, self.drop_order,
+                      self.prompt_layers)
 
     def eval_schedules(self) -> dict[str, Schedule]:
         """Named schedules the periodic evaluation runs (both ends of a range)."""
         if self.fixed is not None:
             return {f"{self.fixed.speedup:.2f}x": self.fixed}
         lo, hi = self.speedup_range
-        return {f"{s:.2f}x": _solve(self.num_layers, round(s, 2), self.window, self.warmup_layers, self.decay)
-                for s in (lo, hi)}
+        return {f"{s:.2f}x": self._solve(round(s, 2)) for s in (lo, hi)}
 
     def saved(self) -> Schedule:
         """The schedule a checkpoint records (``load_model`` and ``generate`` default to it)."""

@@ -19,7 +19,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -36,6 +36,7 @@ from skipdecode.training.batches import BatchStream, collate, tokenize
 from skipdecode.training.evaluate import batch_loss, dev_loss, distill_kl, greedy_samples, spread
 from skipdecode.training.loop import LossWindow, graceful_interrupt
 from skipdecode.training.optim import make_optimizer
+from skipdecode.training.precision import PrecisionChoice, resolve
 from skipdecode.training.schedules import ScheduleSampler
 
 LOG_FILE = "log.jsonl"
@@ -50,13 +51,6 @@ class TrainResult:
     interrupted: bool
     train_loss: float | None
     """Mean training loss over the last logging interval (over all processes)."""
-
-
-def mixed_precision(setting: str) -> str:
-    """accelerate's mixed precision for a ``TrainConfig.mixed_precision`` setting."""
-    if setting == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return setting
 
 
 def first_per_prompt(examples: Sequence[Example]) -> list[Example]:
@@ -77,7 +71,7 @@ class Trainer:
 
         ``make_sampler(num_layers, trained_schedule)`` builds the schedule sampler once the
         model's depth is known; ``extra_info`` is recorded in each checkpoint's skipdecode.json."""
-        from accelerate import Accelerator
+        from accelerate import PartialState
 
         self.cfg = cfg
         self.out = Path(cfg.out)
@@ -87,9 +81,9 @@ class Trainer:
         self.distill_from = distill_from
         self.resume = resume
         self.extra_info = dict(extra_info or {})
-        self.accelerator = Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision),
-                                       cpu=not torch.cuda.is_available())
-        self.is_main = self.accelerator.is_main_process
+        self.accelerator = None  # made in setup(), once the model's sizes choose the precision
+        self.precision: PrecisionChoice | None = None
+        self.is_main = PartialState(cpu=not torch.cuda.is_available()).is_main_process
         self.resume_path: Path | None = None
         self.teacher = None
         self.step = 0
@@ -104,6 +98,7 @@ class Trainer:
         that holds none (with it)."""
         self.resume_path = self._checkpoint_to_resume()
         self._setup_model()
+        self._setup_accelerator()
         self._setup_data()
         self.rng = random.Random(self.cfg.seed)  # the schedule draws; saved in checkpoints
         torch.manual_seed(self.cfg.seed)
@@ -136,6 +131,18 @@ class Trainer:
         self.model = loaded.model.train()
         self.sampler = self.make_sampler(self.model.num_layers, loaded.schedule)
         self.base_model = self.extra_info.get("base_model", spec)
+
+    def _setup_accelerator(self) -> None:
+        """The precision (``--mixed-precision auto``: measured on this machine at the model's sizes,
+        training/precision.py) and the accelerator that applies it."""
+        from accelerate import Accelerator
+
+        c = self.model.config
+        ffn = c.ffn_dim if hasattr(c, "ffn_dim") else c.intermediate_size  # OPT's name, Llama's
+        self.precision = resolve(self.cfg.mixed_precision, c.hidden_size, ffn)
+        self.accelerator = Accelerator(mixed_precision=self.precision.setting, cpu=not torch.cuda.is_available())
+        if self.is_main:
+            print(f"skipdecode train: precision {self.precision.describe()}", file=sys.stderr)
 
     def _write_tokenizer(self, source: Path) -> Path:
         """One copy of the tokenizer in the run folder, which every checkpoint copies: the folder a
@@ -367,7 +374,8 @@ class Trainer:
             self.log({"event": "resume", "step": self.step, "from": str(self.resume_path)})
         else:
             self.log({"event": "start", "step": 0, "total_steps": self.total_steps, "train_examples": len(self.pairs),
-                      "config": self.cfg.to_dict(), **self.info(), "describe": self.sampler.saved().describe()})
+                      "config": self.cfg.to_dict(), **self.info(), "describe": self.sampler.saved().describe(),
+                      "precision": asdict(self.precision)})
             if self.cfg.eval_every:
                 self.evaluate()
         if self.is_main:

@@ -68,7 +68,6 @@ def run(args) -> int:
     from skipdecode.runtime import serve_bench as sb
     from skipdecode.runtime.api import Runtime
     from skipdecode.runtime.bench import machine_info
-    from skipdecode.schedule import Schedule
 
     modes = [m for m in args.modes.split(",") if m]
     if not modes or any(m not in sb.MODES for m in modes):
@@ -76,9 +75,7 @@ def run(args) -> int:
     speedups = [s for s in args.speedups.split(",") if s]
     machine = machine_info()
     rt = Runtime.load(args.export, threads=args.threads)
-    L = rt.num_layers
-    warm = rt.trained_schedule.warmup_layers if rt.trained_schedule else 1
-    solve = lambda s: Schedule.full(L) if s == 1 else Schedule.for_speedup(L, s, args.window, warm)  # noqa: E731
+    solve = lambda s: rt.schedule(speedup=s, window=args.window)  # noqa: E731: the export's family
     for s in speedups:
         if s != "mix":
             solve(float(s))  # a speedup the depth cannot reach fails here, before any run

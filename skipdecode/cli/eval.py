@@ -67,10 +67,11 @@ def _command(args) -> str:
         skip.add("dtype")
     for flag in ("model", "export", "data", "heldout", "format", "prompt_field", "target_field", "backend", "device",
                  "dtype", "batch_size", "limit", "max_new_tokens", "method", "out", "speedup", "max_layers",
-                 "min_layers", "window", "warmup_layers", "decay"):
+                 "min_layers", "window", "warmup_layers", "decay", "drop_order", "prompt_layers"):
         value = None if flag in skip else getattr(args, flag, None)
         if value is not None:
-            parts += [f"--{flag.replace('_', '-')}", str(value)]
+            text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)  # --drop-order's list
+            parts += [f"--{flag.replace('_', '-')}", text]
     for s in args.stop:
         parts += ["--stop", s]
     return shlex.join(parts)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
 from skipdecode.errors import SkipDecodeError
 from skipdecode.io import read_jsonl, write_jsonl
 from skipdecode.runtime.api import BACKENDS
 from skipdecode.runtime.generate import GenerationConfig, GenerationRun, RowResult
 from skipdecode.runtime.sampling import SamplingConfig
-from skipdecode.schedule import DECAYS, Schedule
+from skipdecode.schedule import DECAYS, DROP_ORDERS, Schedule
 
 BACKEND_CHOICES = ("torch", *BACKENDS)
 """--backend of eval and bench: the PyTorch reference (models/backend.py) or a runtime backend."""
@@ -22,8 +23,41 @@ def add_schedule_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-layers", type=int, help="n_0, layers of the first generated token")
     g.add_argument("--min-layers", type=int, help="layers once the window has passed")
     g.add_argument("--window", type=int, default=None, help="steps over which n_t decays (default 32)")
-    g.add_argument("--warmup-layers", type=int, default=1, help="bottom layers every token runs (default 1)")
+    g.add_argument("--warmup-layers", type=int, default=None,
+                   help="bottom layers every token runs (default: the checkpoint's, else 1)")
     g.add_argument("--decay", choices=DECAYS, default="linear")
+    g.add_argument("--drop-order", type=drop_order_arg, metavar="ORDER",
+                   help="which layers go first as n_t shrinks: 'paper' (lower-middle first, the top kept longest), "
+                        "'even' (kept layers evenly spread), or a comma list of every non-warm-up layer, first "
+                        "dropped first (scripts/block_influence.py measures one); default: the checkpoint's, else paper")
+    g.add_argument("--prompt-layers", type=int, metavar="N",
+                   help="layers the prompt runs, at least n_0 (fewer are raised to it): a cheaper prefill, which the "
+                        "model must be trained with (default: the checkpoint's, else all)")
+
+
+def drop_order_arg(text: str):
+    """--drop-order: a name of DROP_ORDERS or a comma list of layer indices."""
+    if text in DROP_ORDERS:
+        return text
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {' or '.join(DROP_ORDERS)} or a comma list of layers, "
+                                         f"got {text!r}") from None
+
+
+def schedule_family(args, trained: Schedule | None = None) -> dict:
+    """Warm-up layers, drop order and prompt depth (``Schedule.family()``): each from its flag,
+    else from the checkpoint's schedule, else the default. A checkpoint's drop order lists its own
+    warm-up's droppable layers, so another --warmup-layers drops it back to the paper's."""
+    family = trained.family() if trained is not None else Schedule.full(1).family()
+    warmup = getattr(args, "warmup_layers", None)
+    if warmup is not None and warmup != family["warmup_layers"]:
+        family.update(warmup_layers=warmup, drop_order=None)
+    for name in ("drop_order", "prompt_layers"):
+        if getattr(args, name, None) is not None:
+            family[name] = getattr(args, name)
+    return family
 
 
 def add_generation_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,23 +79,24 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_schedule(args, num_layers: int, trained: Schedule | None = None) -> Schedule:
+    if trained is not None and trained.num_layers != num_layers:
+        raise SkipDecodeError(f"skipdecode.json is for {trained.num_layers} layers, the model has {num_layers}")
     window = args.window if args.window is not None else (trained.window if trained else 32)
     explicit = args.max_layers is not None or args.min_layers is not None
     if args.speedup is not None and explicit:
         raise SkipDecodeError("give --speedup or --max-layers/--min-layers, not both")
+    family = schedule_family(args, trained)
     if args.speedup is not None:
         if args.speedup == 1:
-            return Schedule.full(num_layers)
-        return Schedule.for_speedup(num_layers, args.speedup, window, args.warmup_layers, args.decay)
+            return Schedule.full(num_layers, **family)
+        return Schedule.for_speedup(num_layers, args.speedup, window, decay=args.decay, **family)
     if explicit:
         mx = args.max_layers if args.max_layers is not None else num_layers
         mn = args.min_layers if args.min_layers is not None else mx
-        return Schedule(num_layers, mx, mn, window, args.warmup_layers, args.decay)
+        return Schedule(num_layers, mx, mn, window, decay=args.decay, **family)
     if trained is not None:
-        if trained.num_layers != num_layers:
-            raise SkipDecodeError(f"skipdecode.json is for {trained.num_layers} layers, the model has {num_layers}")
-        return trained
-    return Schedule.full(num_layers)
+        return replace(trained, **family)
+    return Schedule.full(num_layers, **family)
 
 
 def read_prompts(args) -> list[str]:

@@ -28,7 +28,7 @@ def run(args) -> int:
     default = options.build_schedule(args, rt.num_layers, rt.trained_schedule)
     window = args.window if args.window is not None else (rt.trained_schedule.window if rt.trained_schedule else 32)
     schedules = options.row_schedules(rows_in, default, lambda s: rt.schedule(
-        speedup=s, window=window, warmup_layers=default.warmup_layers if not default.is_full else None))
+        speedup=s, window=window, like=default))
     news = [int(r.get("max_new_tokens") or config.max_new_tokens) for r in rows_in]
     run = rt.timed([r["prompt"] for r in rows_in], schedules, show_progress=args.input is not None,
                    max_new_tokens=news, batch_size=args.batch_size, sampling=config.sampling, stop=config.stop)

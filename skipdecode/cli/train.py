@@ -42,9 +42,10 @@ def make_sampler(args):
             if args.speedup is not None or args.max_layers is not None or args.min_layers is not None:
                 raise SkipDecodeError("give --speedup-range or --speedup/--max-layers/--min-layers, not both")
             lo, hi = parse_range(args.speedup_range)
-            return ScheduleSampler.for_range(num_layers, lo, hi, window, args.warmup_layers, args.decay)
-        return ScheduleSampler(fixed=options.build_schedule(args, num_layers, trained), window=window,
-                               warmup_layers=args.warmup_layers, decay=args.decay)
+            return ScheduleSampler.for_range(num_layers, lo, hi, window, decay=args.decay,
+                                             **options.schedule_family(args, trained))
+        fixed = options.build_schedule(args, num_layers, trained)
+        return ScheduleSampler(fixed=fixed, window=window, decay=args.decay, **fixed.family())
 
     return build
 

@@ -37,11 +37,15 @@ def _torch_layer_inputs(model, prompts, schedule, eos):
     return seen, backend, rows
 
 
-@pytest.mark.parametrize("name", ["llama-gqa", "opt-gqa", "llama-trt"])
-def test_shards_hold_the_inputs_skip_decoding_produces(tiny_export, train_csv, tmp_path, name):
+@pytest.mark.parametrize("name, order", [("llama-gqa", None), ("opt-gqa", None), ("llama-trt", None),
+                                         ("llama-gqa", "even"), ("opt-gqa", (2, 4, 1, 3, 5))])
+def test_shards_hold_the_inputs_skip_decoding_produces(tiny_export, train_csv, tmp_path, name, order):
+    """Also in other drop orders with a prompt depth: the layers outside the prompt's set run no call."""
     folder, loaded, _ = tiny_export(name)
     model, L = loaded.model, loaded.model.num_layers
     schedule = Schedule(L, max_layers=L - 1, min_layers=2, window=6)
+    if order is not None:
+        schedule = Schedule(L, max_layers=L - 2, min_layers=2, window=6, drop_order=order, prompt_layers=L - 2)
     prompts = calibration_prompts(train_csv, 4, seed=0)
     index = capture(folder, prompts, schedule, tmp_path / "calib", CaptureConfig(4, 0, 4, NEW_TOKENS),
                     show_progress=False)
@@ -55,10 +59,14 @@ def test_shards_hold_the_inputs_skip_decoding_produces(tiny_export, train_csv, t
         seen, cache, rows = _torch_layer_inputs(model, ids, schedule, tok.eos_ids)
     steps = index["shards"][0]["steps"]
     assert steps == [list(schedule.layers_for_step(t)) for t in range(len(steps))]
+    assert index["shards"][0]["prefill_layers"] == list(schedule.prompt_layer_set())
     n = np.array(sorted(len(i) for i in ids))  # generate_ids adds rows by prompt length
     for l in range(L):
         feeds = list(shards.feeds(graph_name(l), valid_only=False))
-        assert len(feeds) == len(seen[l]) == 1 + sum(l in s for s in steps)  # prefill + the steps running l
+        prompt = l in schedule.prompt_layer_set()
+        assert len(feeds) == len(seen[l]) == shards.calls(graph_name(l)) == prompt + sum(l in s for s in steps)
+        if not prompt:  # a layer no token of this schedule runs
+            continue
         pre, ref = feeds[0], seen[l][0].numpy()  # both right-padded: row b's position p at index p
         for b in range(len(ids)):
             np.testing.assert_allclose(pre["hidden"][b, :n[b]], ref[b, :n[b]], rtol=1e-4, atol=1e-4)

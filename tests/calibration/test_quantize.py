@@ -249,6 +249,22 @@ def test_split_phases_calibrate_prefill_and_decode_graphs_on_their_own_calls(tin
         load_manifest(tampered)
 
 
+@pytest.mark.parametrize("name, fallback", [("llama-gqa", "int8 dynamic"), ("llama-trt", "kept fp32")])
+def test_layers_that_never_run_under_a_prompt_depth_are_not_calibrated(tiny_export, train_csv, tmp_path, name,
+                                                                       fallback):
+    folder, _, _ = tiny_export(name)
+    schedule = Schedule(6, 4, 2, window=6, prompt_layers=4)  # prompt and steps: layers 0, 3, 4, 5 only
+    shards = _capture(folder, train_csv, tmp_path, schedule)
+    assert [shards.calls(graph_name(l)) > 0 for l in range(6)] == [True, False, False, True, True, True]
+    m = quantize_export(folder, tmp_path / "q", QuantConfig("int8-static", smooth_alpha=0), shards)
+    precision = [e.precision for e in m.graphs.layers]
+    assert all(f"{fallback}: no calls recorded" in precision[l] for l in (1, 2))
+    assert all("int8 static" in precision[l] for l in (0, 3, 4, 5))
+    config = GenerationConfig(max_new_tokens=6, ignore_eos=True)  # and the export runs at full depth too
+    assert len(generate_ids(OnnxRuntimeBackend(tmp_path / "q"), [[5, 6, 7]], Schedule.full(6), config, [2], 0)[0]
+               .token_ids) == 6
+
+
 def test_split_phases_is_refused_where_it_cannot_apply(tiny_export):
     with pytest.raises(SkipDecodeError, match="applies to int8-static"):
         QuantConfig("int8-dynamic", split_phases=True)

@@ -4,17 +4,19 @@ their exports (tests/conftest.py)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import textwrap
 
 import numpy as np
 import pytest
 
-from tiny import run_arrivals, run_without_torch, solo_tokens
+from tiny import EXPORTS, run_arrivals, run_without_torch, solo_tokens
 
 from skipdecode.errors import SkipDecodeError
 from skipdecode.models.backend import TorchBackend
 from skipdecode.runtime import GenerationConfig, generate_ids
-from skipdecode.schedule import Schedule
+from skipdecode.schedule import SCHEDULE_FILE, Schedule
 
 PROMPTS = [[5, 9, 17, 3, 44, 8, 21], [7, 7, 30], [12, 50, 61, 2 + 4, 90, 33, 14, 15, 16, 71, 40], [88]]
 
@@ -63,6 +65,41 @@ def test_continuous_batching_equals_alone(tiny_export, name, seed):
     ref = TorchBackend(loaded.model)
     for _, r in reqs:
         assert engine.pop_result(r.request_id).token_ids == solo_tokens(ref, r, 40)
+
+
+@pytest.mark.parametrize("name", ["llama-gqa", "opt350-std"])
+def test_an_export_in_another_drop_order_and_prompt_depth_matches_torch(export_checkpoints, tmp_path, name):
+    """A checkpoint's schedule (skipdecode.json) carries its drop order and prompt depth into the
+    export's manifest; the ONNX Runtime backend runs exactly its layer sets (the prompt's too) and
+    its greedy ids equal the PyTorch reference's, also for a speedup solved in the same family."""
+    from skipdecode.export import ExportConfig, export_model
+    from skipdecode.models import load_model
+    from skipdecode.runtime.api import Runtime
+
+    ckpt_name, target = EXPORTS[name]
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(export_checkpoints[ckpt_name], ckpt)
+    schedule = Schedule(6, 4, 2, window=10, drop_order=(3, 1, 4, 2, 5), prompt_layers=5)  # layer 3 never runs
+    (ckpt / SCHEDULE_FILE).write_text(json.dumps({"schedule": schedule.to_dict()}))
+    loaded = load_model(str(ckpt))
+    assert loaded.schedule == schedule
+    export_model(str(ckpt), tmp_path / "x", ExportConfig(target=target, max_seq=96), loaded=loaded, log=lambda s: None)
+    rt = Runtime.load(tmp_path / "x")
+    assert rt.backend.manifest.schedule == rt.schedule() == schedule
+    config = GenerationConfig(max_new_tokens=14, ignore_eos=True)
+    ref = generate_ids(TorchBackend(loaded.model), PROMPTS, schedule, config, [2], 0, batch_size=4)
+    got = generate_ids(rt.backend, PROMPTS, rt.schedule(), config, [2], 0, batch_size=4)
+    assert [r.token_ids for r in got] == [r.token_ids for r in ref]
+    calls = rt.backend.calls
+    assert calls[0] == ("prefill", (0, 4), (0, 1, 2, 4, 5)) and schedule.prompt_layer_set() == (0, 1, 2, 4, 5)
+    assert [[l for l, (a, b) in enumerate(c[1]) if a < b] for c in calls[1:]] == [
+        list(schedule.layers_for_step(t)) for t in range(len(calls) - 1)]
+    fast = rt.schedule(speedup=3)
+    assert (fast.drop_order, fast.prompt_layers) == (schedule.drop_order, 5) and fast.layers_at(0) < 4
+    mixed = [schedule, fast, fast, schedule]
+    ref = generate_ids(TorchBackend(loaded.model), PROMPTS, mixed, config, [2], 0, batch_size=4)
+    got = generate_ids(rt.backend, PROMPTS, mixed, config, [2], 0, batch_size=4)
+    assert [r.token_ids for r in got] == [r.token_ids for r in ref]
 
 
 def test_errors(tiny_export):

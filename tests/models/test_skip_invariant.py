@@ -1,5 +1,6 @@
 """The SkipDecode invariant: the training forward (per-layer prefix slicing) computes exactly
-what cached decoding computes step by step, for any schedule; no KV is ever recomputed."""
+what cached decoding computes step by step, for any schedule, drop order and prompt depth; no KV
+is ever recomputed."""
 
 import numpy as np
 import pytest
@@ -16,6 +17,13 @@ SCHEDULES = [
     Schedule(6, 4, 3, window=3, warmup_layers=2, decay="power", power=2.0),
     Schedule.constant(6, 3),
     Schedule(6, 3, 1, window=2, warmup_layers=0),
+    # other drop orders, and prompts that skip the layers no generated token runs
+    Schedule(6, 5, 2, window=4, drop_order="even"),
+    Schedule(6, 5, 2, window=4, drop_order=(2, 4, 1, 5, 3), prompt_layers=5),
+    Schedule(6, 4, 2, window=3, warmup_layers=2, decay="power", drop_order=(5, 3, 2, 4), prompt_layers=4),
+    Schedule.constant(6, 3, drop_order="even", prompt_layers=3),
+    Schedule(6, 3, 1, window=2, warmup_layers=0, drop_order=(5, 0, 3, 1, 4, 2), prompt_layers=1),
+    Schedule(6, 3, 2, window=4, prompt_layers=4),
 ]
 
 
@@ -69,6 +77,11 @@ def test_skip_schedule_changes_the_logits(tiny_models):
         skip, _ = loaded.model(ids, schedule=Schedule(6, 4, 2, 4), prompt_len=4)
     assert torch.allclose(full[:, :4], skip[:, :4], atol=1e-6)  # the prompt runs every layer
     assert (full[:, 5:] - skip[:, 5:]).abs().max() > 1e-3
+    with torch.no_grad():  # a prompt depth changes the prompt's columns; another order the rest
+        shallow, _ = loaded.model(ids, schedule=Schedule(6, 4, 2, 4, prompt_layers=4), prompt_len=4)
+        even, _ = loaded.model(ids, schedule=Schedule(6, 4, 2, 4, drop_order="even"), prompt_len=4)
+    assert (shallow[:, :4] - skip[:, :4]).abs().max() > 1e-3
+    assert torch.allclose(even[:, :4], skip[:, :4], atol=1e-6) and (even[:, 5:] - skip[:, 5:]).abs().max() > 1e-3
 
 
 def test_cache_refuses_a_layer_that_skipped_earlier(tiny_models):

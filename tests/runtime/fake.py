@@ -86,7 +86,7 @@ def reference(prompt, schedule, max_new, num_layers=6, vocab=24, eos=(2,), ignor
     """Greedy tokens computed position by position from the definitions (no buffers, no engine)."""
     kv = [dict() for _ in range(num_layers)]
     tokens, out = list(prompt), []
-    sets = [tuple(range(num_layers))] * len(prompt)
+    sets = [schedule.prompt_layer_set()] * len(prompt)
     for p in range(max_new + len(prompt)):
         h = embed(tokens[p], p)
         for l in sets[p]:

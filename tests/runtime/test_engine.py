@@ -1,6 +1,7 @@
 """The continuous-batching engine (runtime/engine.py) on a numpy fake backend: every request's
 output under continuous batching equals the request alone and the definition, each layer runs
-exactly the rows whose schedule step includes it, and KV is never recomputed."""
+exactly the rows whose schedule step includes it, each prefill exactly its requests' prompt layer
+set, and KV is never recomputed, in any drop order and at any prompt depth."""
 
 from __future__ import annotations
 
@@ -23,6 +24,16 @@ from skipdecode.schedule import Schedule
 L = 6
 SCHEDULES = [Schedule.full(L), Schedule(L, 5, 2, window=6), Schedule.for_speedup(L, 2, window=4),
              Schedule.constant(L, 3), Schedule(L, 4, 1, window=9, decay="power")]
+CUSTOM = dict(drop_order=(5, 2, 4, 3, 1))  # keeps 0, 1, 3, 4, 2, 5: the same nesting as warm-up 2 below
+FAMILIES = {  # each list shares one nested family of layer sets, so its requests share batches
+    "paper": SCHEDULES + [Schedule(L, 5, 2, window=6, prompt_layers=5), Schedule.constant(L, 3, prompt_layers=4)],
+    "even": [Schedule.full(L), Schedule(L, 5, 2, window=6, drop_order="even"),
+             Schedule.constant(L, 3, drop_order="even", prompt_layers=3),
+             Schedule(L, 4, 1, window=9, decay="power", drop_order="even", prompt_layers=1)],
+    "custom": [Schedule(L, 5, 2, window=6, **CUSTOM), Schedule.constant(L, 2, prompt_layers=4, **CUSTOM),
+               Schedule(L, 4, 2, window=5, warmup_layers=2, drop_order=(5, 2, 4, 3), prompt_layers=5),
+               Schedule.full(L)],
+}
 
 
 def engine(rows=4, policy="continuous", **kw):
@@ -42,7 +53,11 @@ def drive(eng, arrivals, check_rows=True):
         plan = eng.schedule()
         if check_rows and plan.decode is not None:
             expect = [r.schedule.layers_for_step(fed[r.id]) for r in plan.decode.requests]
+        before = len(eng.backend.calls)
         lp, ld = eng.execute(plan)
+        if plan.prefill is not None:  # one prompt layer set per prefill: each of its requests' own
+            (call,) = [c for c in eng.backend.calls[before:] if c[0] == "prefill"]
+            assert all(call[2] == r.schedule.prompt_layer_set() for r in plan.prefill.requests)
         if check_rows and plan.decode is not None:
             ranges = eng.backend.calls[-1][1]
             for l, (a, b) in enumerate(ranges):
@@ -67,21 +82,25 @@ def alone(req):
 
 
 def test_alone_equals_the_definition():
-    for s in SCHEDULES:
+    for s in [s for family in FAMILIES.values() for s in family]:
         for prompt in ([5, 9, 14, 3], [7], [11, 4, 19, 20, 8, 3, 3]):
             got = alone(Request(prompt, 12, s, ignore_eos=True))
             assert got.token_ids == reference(prompt, s, 12, ignore_eos=True)
             assert got.mean_layers == pytest.approx(s.mean_layers(12))
 
 
-request_st = st.builds(
-    lambda prompt, n, s, eos, at: (at, Request(prompt, n, SCHEDULES[s], ignore_eos=not eos)),
-    st.lists(st.integers(3, 23), min_size=1, max_size=10), st.integers(1, 16),
-    st.integers(0, len(SCHEDULES) - 1), st.booleans(), st.integers(0, 25))
+def arrivals_st(max_size):
+    """(arrival step, request) lists whose schedules come from one family."""
+    def of(family):
+        return st.lists(st.builds(
+            lambda prompt, n, s, eos, at: (at, Request(prompt, n, family[s], ignore_eos=not eos)),
+            st.lists(st.integers(3, 23), min_size=1, max_size=10), st.integers(1, 16),
+            st.integers(0, len(family) - 1), st.booleans(), st.integers(0, 25)), min_size=1, max_size=max_size)
+    return st.sampled_from(list(FAMILIES.values())).flatmap(of)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(request_st, min_size=1, max_size=9), st.integers(1, 5))
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arrivals_st(9), st.integers(1, 5))
 def test_continuous_batching_equals_alone(arrivals, rows):
     results = drive(engine(rows), arrivals)
     assert len(results) == len(arrivals)
@@ -92,8 +111,8 @@ def test_continuous_batching_equals_alone(arrivals, rows):
         assert got.finish_reason == ("eos" if want[-1] == 2 and not req.ignore_eos else "length")
 
 
-@settings(max_examples=30, deadline=None)
-@given(st.lists(request_st, min_size=1, max_size=7), st.integers(1, 4))
+@settings(max_examples=40, deadline=None)
+@given(arrivals_st(7), st.integers(1, 4))
 def test_static_policy_equals_alone(arrivals, rows):
     results = drive(engine(rows, "static"), arrivals, check_rows=False)
     for _, req in arrivals:
@@ -134,6 +153,46 @@ def test_too_long_a_request_is_refused_when_added_and_the_queue_is_bounded():
     with pytest.raises(SkipDecodeError, match="warm-up layers"):
         Engine(FakeBackend(L), schedule=Schedule(L, 4, 2, 4, warmup_layers=1)).add(
             Request([5], 3, Schedule(L, 4, 2, 4, warmup_layers=2)))
+
+
+def test_schedules_of_different_drop_orders_never_share_a_batch():
+    paper, even = FAMILIES["paper"][1], FAMILIES["even"][1]
+    with pytest.raises(SkipDecodeError, match="warm-up layers and drop order"):
+        Engine(FakeBackend(L), schedule=paper).add(Request([5], 3, even))
+    eng = Engine(FakeBackend(L), eos_ids=[2], config=EngineConfig(max_rows=4))  # a full-depth default
+    eng.add(Request([5], 3, even, ignore_eos=True))
+    with pytest.raises(SkipDecodeError, match="drop order"):  # even is in the engine (waiting)
+        eng.add(Request([5], 3, paper))
+    eng.add(Request([6], 3, Schedule.full(L)))  # full depth nests with every order
+    eng.add(Request([7], 3, Schedule.constant(L, 2, drop_order="even")))
+    while eng.has_work:
+        eng.step()
+    assert eng.validate(paper) is paper  # validate checks the default only; add checks the requests too
+    eng.add(Request([5], 3, paper))  # once the even rows have left, another order may come in
+    with pytest.raises(SkipDecodeError, match="drop order"):
+        eng.add(Request([5], 3, even))
+    custom = FAMILIES["custom"]
+    assert Engine(FakeBackend(L), schedule=custom[0]).validate(custom[2]) is custom[2]  # warm-up 1 and 2, one nesting
+
+
+def test_a_prefill_admits_only_newcomers_of_the_first_ones_prompt_layers():
+    shallow = Schedule(L, 4, 2, window=4, prompt_layers=4)
+    deep = Schedule(L, 4, 2, window=4)
+    reqs = [Request([5, 8], 6, shallow, ignore_eos=True), Request([6, 9, 3], 6, deep, ignore_eos=True),
+            Request([7], 6, shallow, ignore_eos=True), Request([4, 4], 6, deep, ignore_eos=True)]
+    eng = engine(rows=4)
+    for r in reqs:
+        eng.add(r)
+    prefills = []
+    while eng.has_work:
+        eng.step()
+        if eng.last_plan.prefill is not None:
+            p = eng.last_plan.prefill
+            prefills.append(([r.id for r in p.requests], p.layers))
+    ids = [r.request_id for r in reqs]
+    assert prefills == [([ids[0], ids[2]], (0, 3, 4, 5)), ([ids[1], ids[3]], tuple(range(L)))]
+    for r in reqs:
+        assert eng.pop_result(r.request_id).token_ids == reference(r.prompt_ids, r.schedule, 6, ignore_eos=True)
 
 
 def test_cancelling_frees_the_row():

@@ -1,6 +1,7 @@
 """`skipdecode train` end to end on a tiny model, and its one-line errors (exit 2)."""
 
 import json
+import random
 
 import pytest
 
@@ -40,6 +41,26 @@ def test_train_cli_evaluates_checkpoints_and_splits(train_llama, tmp_path, capsy
     assert "--heldout" in json.loads((scored / "report.json").read_text())["command"]
 
 
+def test_drop_order_and_prompt_depth_are_trained_and_recorded(train_llama, tmp_path, capsys):
+    """A range-trained checkpoint records its family even at the range's full-depth end, so that
+    schedules solved from it for any speedup keep the order and prompt depth it was trained with."""
+    from skipdecode.schedule import Schedule
+    from skipdecode.training.schedules import ScheduleSampler
+
+    data = write_e2e(tmp_path / "d.csv", e2e_rows(8))
+    out = tmp_path / "out"
+    code, err = run(capsys, "--model", train_llama, "--data", data, "--out", out, "--speedup-range", "1:3",
+                    "--drop-order", "even", "--prompt-layers", 3, "--max-steps", 2, "--batch-size", 4, "--no-progress")
+    assert code == 0, err
+    saved = Schedule.from_dict(json.loads((out / "final" / "skipdecode.json").read_text())["schedule"])
+    assert saved == Schedule.full(6, drop_order="even", prompt_layers=3) and saved.is_full
+    solved = Schedule.for_speedup(6, 3, 32, **saved.family())
+    assert solved.prompt_depth == 3 and solved.drop_order == saved.drop_order
+    sampler = ScheduleSampler.for_range(6, 1, 3, drop_order="even", prompt_layers=3)
+    draws = [sampler.sample(random.Random(i)) for i in range(8)]
+    assert all(d.keep_order == saved.keep_order and d.prompt_depth == max(3, d.layers_at(0)) for d in draws)
+
+
 @pytest.mark.parametrize("rows, argv, message", [
     ([("w3 w4", "w5"), ("w6", "")], [], "d.csv:3: missing or empty field 'ref'"),
     ([("w3", "w4")], ["--speedup-range", "3"], "--speedup-range '3': expected A:B"),
@@ -48,6 +69,8 @@ def test_train_cli_evaluates_checkpoints_and_splits(train_llama, tmp_path, capsy
     ([("w3", "w4")], ["--eval-every", "2", "--holdout", "0"], "--eval-every needs evaluation data"),
     ([("w3", "w4")], ["--batch-size", "0"], "batch_size must be >= 1"),
     ([("w3", "w4")], ["--resume"], "--resume: no checkpoint"),
+    ([("w3", "w4")], ["--speedup", "2", "--drop-order", "1,2,3"], "drop_order must list each droppable layer once"),
+    ([("w3", "w4")], ["--speedup", "2", "--prompt-layers", "7"], "prompt_layers must be an integer in [1, num_layers=6]"),
 ])
 def test_bad_input_is_one_line_and_exit_2(train_llama, tmp_path, capsys, rows, argv, message):
     data = write_e2e(tmp_path / "d.csv", rows)

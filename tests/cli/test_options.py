@@ -1,0 +1,43 @@
+"""Schedule flags (skipdecode/cli/options.py): --drop-order and --prompt-layers, and a checkpoint's
+family (warm-up layers, drop order, prompt depth) kept by every schedule the flags solve."""
+
+import argparse
+
+import pytest
+
+from skipdecode.cli.options import add_schedule_arguments, build_schedule, drop_order_arg
+from skipdecode.schedule import Schedule
+
+TRAINED = Schedule(6, 4, 2, window=4, drop_order="even", prompt_layers=4)
+
+
+def flags(*argv):
+    p = argparse.ArgumentParser()
+    add_schedule_arguments(p)
+    return p.parse_args(list(argv))
+
+
+def test_drop_order_takes_a_name_or_a_list():
+    assert flags("--drop-order", "even").drop_order == "even"
+    assert flags("--drop-order", "5,4,3,2,1").drop_order == (5, 4, 3, 2, 1)
+    with pytest.raises(argparse.ArgumentTypeError, match="paper or even or a comma list"):
+        drop_order_arg("top")
+
+
+def test_solved_schedules_keep_the_checkpoints_family():
+    s = build_schedule(flags("--speedup", "2"), 6, TRAINED)
+    assert s.family() == TRAINED.family() and s.speedup == pytest.approx(2, abs=0.3)
+    assert build_schedule(flags("--max-layers", "5", "--min-layers", "3"), 6, TRAINED).family() == TRAINED.family()
+    assert build_schedule(flags("--speedup", "1"), 6, TRAINED) == Schedule.full(6, **TRAINED.family())
+    assert build_schedule(flags(), 6, TRAINED) == TRAINED
+    assert build_schedule(flags(), 6) == Schedule.full(6)
+
+
+def test_flags_override_the_family():
+    s = build_schedule(flags("--speedup", "2", "--drop-order", "paper", "--prompt-layers", "5"), 6, TRAINED)
+    assert s.drop_order is None and s.prompt_layers == 5
+    assert build_schedule(flags("--prompt-layers", "3"), 6, TRAINED) == Schedule(6, 4, 2, 4, drop_order="even",
+                                                                                  prompt_layers=3)
+    other = build_schedule(flags("--speedup", "2", "--warmup-layers", "2"), 6, TRAINED)
+    assert other.warmup_layers == 2 and other.drop_order is None  # the even order of 1 warm-up layer no longer fits
+    assert other.prompt_layers == 4
