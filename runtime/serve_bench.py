@@ -71,20 +71,39 @@ class ServeRecord:
     """Share of the wall time spent in prefill calls."""
 
 
-def _pct(xs: list[float], q: float) -> float:
+def percentile(xs: list[float], q: float) -> float:
+    """Nearest-rank percentile (nan for no samples)."""
     if not xs:
         return float("nan")
     xs = sorted(xs)
     return xs[min(len(xs) - 1, max(0, math.ceil(q / 100 * len(xs)) - 1))]
 
 
+def arrival_times(n: int, rate: float, seed: int = 0) -> np.ndarray:
+    """Seconds after the start at which each of ``n`` requests arrives: Poisson at ``rate``
+    requests/s, the first at 0; all at 0 for ``inf``. The in-process and HTTP runs share it."""
+    rng = np.random.default_rng(seed + 1)
+    gaps = rng.exponential(1 / rate, n) if math.isfinite(rate) else np.zeros(n)
+    return np.cumsum(gaps) - (gaps[0] if len(gaps) else 0)
+
+
+def make_record(mode: str, label: str, rate: float, wall: float, tokens: Sequence[int], ttfts: Sequence[float],
+                tpots: Sequence[float], mean_layers: Sequence[float], prefill_s: float) -> ServeRecord:
+    """One record from the completed requests' figures (one entry per request in ``tokens``,
+    ``ttfts`` and ``mean_layers``; ``tpots`` skips requests of one token)."""
+    total = sum(tokens)
+    layers = sum(m * t for m, t in zip(mean_layers, tokens)) / max(total, 1)
+    return ServeRecord(mode, label, rate, len(tokens), total, round(total / wall, 2), round(len(tokens) / wall, 4),
+                       round(percentile(list(ttfts), 50), 4), round(percentile(list(ttfts), 99), 4),
+                       round(percentile(list(tpots), 50), 5), round(percentile(list(tpots), 99), 5),
+                       round(layers, 3), round(wall, 2), round(prefill_s / wall, 4))
+
+
 def serve(backend, jobs: Sequence[Job], schedules: Sequence[Schedule], mode: str, rate: float, max_rows: int,
           max_len: int, seed: int = 0, timeout_s: float = 600.0, label: str = "") -> ServeRecord:
     """Run ``jobs`` (with ``schedules``, one per job) arriving at ``rate`` requests/s through
     one engine; requests not done after ``timeout_s`` are cancelled and not counted."""
-    rng = np.random.default_rng(seed + 1)
-    gaps = rng.exponential(1 / rate, len(jobs)) if math.isfinite(rate) else np.zeros(len(jobs))
-    arrivals = np.cumsum(gaps) - (gaps[0] if len(gaps) else 0)
+    arrivals = arrival_times(len(jobs), rate, seed)
     engine = Engine(backend, (), 0, EngineConfig(max_rows=max_rows, max_len=max_len, policy=mode), schedules[0])
     ids: list[str] = []
     t0 = time.perf_counter()
@@ -106,36 +125,37 @@ def serve(backend, jobs: Sequence[Job], schedules: Sequence[Schedule], mode: str
             time.sleep(max(0.0, arrivals[nxt] - now))
     wall = time.perf_counter() - t0
     results = [r for r in (engine.pop_result(i) for i in ids) if r is not None and r.finish_reason != "cancelled"]
-    tokens = sum(r.tokens for r in results)
-    layers = sum(r.mean_layers * r.tokens for r in results) / max(tokens, 1)
-    tpots = [r.tpot_s for r in results if r.tpot_s is not None]
-    return ServeRecord(mode, label, rate, len(results), tokens, round(tokens / wall, 2), round(len(results) / wall, 4),
-                       round(_pct([r.ttft_s for r in results], 50), 4), round(_pct([r.ttft_s for r in results], 99), 4),
-                       round(_pct(tpots, 50), 5), round(_pct(tpots, 99), 5), round(layers, 3), round(wall, 2),
-                       round(sum(r.prefill_s for r in results) / wall, 4))
+    return make_record(mode, label, rate, wall, [r.tokens for r in results], [r.ttft_s for r in results],
+                       [r.tpot_s for r in results if r.tpot_s is not None], [r.mean_layers for r in results],
+                       sum(r.prefill_s for r in results))
 
 
 def range_overhead(backend, B: int, schedule: Schedule, prompt: Sequence[int], new_tokens: int = 96,
                    stagger: int = 4, repeats: int = 3) -> dict:
     """Cost of the row-range mechanism: the same B requests stepping in lockstep (each layer runs
     all rows or none) against arriving ``stagger`` steps apart (each row at its own step, so
-    layers run partial ranges). Work differs, so both are measured in row-layers per second
-    (each generated token counts the layers it ran). Returns both rates and the overhead."""
+    layers run partial ranges). Only decode steps with all B rows count (equal batch size), and
+    work differs, so both are measured in row-layers per second (each row counts the layers it
+    ran). Needs ``new_tokens > stagger * (B - 1)``. Returns both rates and the overhead."""
+    if new_tokens <= stagger * (B - 1):
+        raise ValueError(f"new_tokens ({new_tokens}) must exceed stagger * (B - 1) = {stagger * (B - 1)}: "
+                         "no step would hold every row")
+
     def rate(gap: int) -> float:
         best = 0.0
         for _ in range(repeats):
             engine = Engine(backend, (), 0, EngineConfig(max_rows=B, max_len=len(prompt) + new_tokens), schedule)
-            reqs = [Request(prompt, new_tokens, schedule, ignore_eos=True) for _ in range(B)]
-            pending = list(reqs)
+            pending = [Request(prompt, new_tokens, schedule, ignore_eos=True) for _ in range(B)]
             step, decode_s, row_layers = 0, 0.0, 0
             while pending or engine.has_work:
                 while pending and step >= gap * (B - len(pending)):
                     engine.add(pending.pop(0))
                 plan = engine.schedule()
+                full = plan.prefill is None and plan.decode is not None and len(plan.decode.requests) == B
                 t0 = time.perf_counter()
                 out = engine.execute(plan)
-                if plan.decode is not None:
-                    decode_s += time.perf_counter() - t0 - sum(r.prefill_s for r in (plan.prefill.requests if plan.prefill else []))
+                if full:
+                    decode_s += time.perf_counter() - t0
                     row_layers += sum(len(s) for s in plan.decode.layer_sets)
                 engine.update(plan, *out)
                 step += 1

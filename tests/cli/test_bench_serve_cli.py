@@ -38,3 +38,15 @@ def test_bench_serve_bad_input_is_one_line(tiny_export, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "error" in err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_bench_serve_e2e_workload(tiny_export, tmp_path):
+    """E2E test MR prompts with output lengths drawn from the references (../shared/data/e2e)."""
+    folder, _, _ = tiny_export("llama-gqa")
+    out = tmp_path / "e2e.json"
+    assert main(["bench-serve", "--export", str(folder), "--workload", "e2e", "--modes", "continuous",
+                 "--speedups", "1", "--requests", "4", "--max-batch", "2", "--rates", "50", "--duration", "0.1",
+                 "--json", str(out)]) == 0
+    recs = json.loads(out.read_text())["records"]
+    assert [r["completed"] for r in recs] == [4, 5]
+    assert all(10 <= r["output_tokens"] / r["completed"] <= 60 for r in recs)  # E2E references' lengths
