@@ -8,7 +8,7 @@ the slope is the cost of one layer call (for ONNX Runtime, compute plus chaining
 Monolithic baselines (transformers' ``generate``, ONNX Runtime GenAI) run full depth only.
 
 tokens/s counts the tokens after each row's first one over the time after the first token
-(decode throughput; the prompt is the same work for every schedule); ``ms_per_token`` is the
+(decode throughput; the prompt is the same work for every schedule); ``ms_per_step`` is the
 time of one decode step (each step emits ``batch_size`` tokens). Speedups are measured within
 one backend and one run: a schedule's tokens/s over the same backend's full-depth tokens/s.
 This module imports neither torch nor transformers.
@@ -200,7 +200,7 @@ class Record:
     speedup: float
     """The target; ``mean_layers`` is what the schedule really ran."""
     tokens_per_s: float
-    ms_per_token: float
+    ms_per_step: float
     mean_layers: float
     """Mean layers of the decode forwards."""
     ideal_speedup: float
@@ -239,7 +239,7 @@ def _summarize(runner: Runner, B: int, s: float, schedule: Schedule, timings: li
     ideal_layer = machine.seconds(*shape.layer_cost(B, P + N // 2))
     return Record(
         backend=runner.name, batch_size=B, speedup=s, tokens_per_s=round(tps, 2),
-        ms_per_token=round(1000 * B / tps, 3),  # one decode step emits B tokens
+        ms_per_step=round(1000 * B / tps, 3),  # one decode step emits B tokens
         mean_layers=round(sum(layers) / len(layers), 3), ideal_speedup=round(ideal, 3),
         measured_speedup=round(measured, 3), efficiency=round(measured / ideal, 3), tokens=tokens,
         ttft_ms=round(1000 * statistics.median(t.ttft_s for t in timings), 2),
@@ -310,7 +310,7 @@ def machine_info() -> dict:
 
 COLUMNS = [("backend", "backend", "{}"), ("batch", "batch_size", "{}"), ("speedup", "speedup", "{:g}x"),
            ("layers", "mean_layers", "{:.2f}"), ("tok/s", "tokens_per_s", "{:.1f}"),
-           ("ms/step", "ms_per_token", "{:.2f}"), ("measured", "measured_speedup", "{:.2f}x"),
+           ("ms/step", "ms_per_step", "{:.2f}"), ("measured", "measured_speedup", "{:.2f}x"),
            ("ideal", "ideal_speedup", "{:.2f}x"), ("eff", "efficiency", "{:.2f}"),
            ("x ort-genai", "vs_ort_genai", "{:.2f}x"), ("us/layer", "us_per_layer_call", "{:.0f}"),
            ("fixed ms", "fixed_ms_per_step", "{:.2f}"), ("ttft ms", "ttft_ms", "{:.0f}")]

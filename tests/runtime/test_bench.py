@@ -13,7 +13,7 @@ from skipdecode.runtime.bench import (
 from skipdecode.runtime.costmodel import Machine, ModelShape, decode_layers
 from skipdecode.schedule import Schedule
 
-FIELDS = ["backend", "batch_size", "speedup", "tokens_per_s", "ms_per_token", "mean_layers", "ideal_speedup",
+FIELDS = ["backend", "batch_size", "speedup", "tokens_per_s", "ms_per_step", "mean_layers", "ideal_speedup",
           "measured_speedup", "efficiency"]
 
 
@@ -65,7 +65,7 @@ def test_run_bench_records(tiny_models, one_thread):
     schedules = config.schedules(6)
     for r in records:
         assert r.tokens == r.batch_size * 5
-        assert r.tokens_per_s > 0 and r.ms_per_token > 0 and r.e2e_tokens_per_s > 0 and r.ttft_ms > 0
+        assert r.tokens_per_s > 0 and r.ms_per_step > 0 and r.e2e_tokens_per_s > 0 and r.ttft_ms > 0
         layers = decode_layers(schedules[r.speedup], 5)
         assert r.mean_layers == pytest.approx(sum(layers) / len(layers), abs=1e-3)
         assert r.efficiency == pytest.approx(r.measured_speedup / r.ideal_speedup, abs=2e-3)
