@@ -38,7 +38,7 @@ def add_arguments(p):
                    help="static and/or continuous (default both); none with --overhead: that check alone")
     p.add_argument("--speedups", default=None,
                    help="continuous-batching speedups; 'mix' draws 1 or 3 per request (default 1,3,mix); with "
-                   "--url, sent as the skipdecode extension, '-' sends none (default -)")
+                   "--url, sent as the skipdecode extension; 'default' sends none (default: default)")
     p.add_argument("--rates", default=None, help="requests/s, comma-separated; 'inf' saturates (default: "
                    "inf, then 0.5 and 0.8 of the continuous full-depth peak)")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of arrivals per rate (default 30)")
@@ -166,7 +166,7 @@ def run_http(args) -> int:
     folder = args.tokenizer or args.export
     if not folder:
         raise SkipDecodeError("--url needs --tokenizer (or --export): the workload's vocabulary")
-    speedups = [None if s == "-" else _floats(s)[0] for s in (args.speedups or "-").split(",") if s]
+    speedups = [None if s == "default" else _floats(s)[0] for s in (args.speedups or "default").split(",") if s]
     if not speedups:
         raise SkipDecodeError("--speedups is empty")
     machine = machine_info()
