@@ -12,13 +12,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VLLM_PY=${VLLM_PY:-/work/vllm-venv/bin/python}
+# vLLM's CPU guide preloads tcmalloc (apt: libtcmalloc-minimal4) and Intel OpenMP (in its venv)
+VLLM_PRELOAD=${VLLM_PRELOAD-/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4:$(dirname "$VLLM_PY")/../lib/libiomp5.so}
 HF=${HF:-$HOME/.cache/skipdecode/smollm2-135m}   # the same SmolLM2 checkpoint as an HF folder
 EXPORT=${EXPORT:-out/smollm2-fp32}               # our fp32 export of it
 OUT=${OUT:-docs/serving/vllm-cpu.json}
 CONFIGS=${CONFIGS:-"vllm-fp32 vllm-bf16 ours-fp32-1x ours-fp32-3x"}
-REQUESTS=${REQUESTS:-32}                         # requests of the saturating run
-RATES=${RATES:-0.5,1}                            # Poisson rates (req/s), the same for every server
-DURATION=${DURATION:-30}                         # seconds of arrivals per rate
+REQUESTS=${REQUESTS:-24}                         # requests of the saturating run
+RATES=${RATES:-0.15,0.3}                         # Poisson rates (req/s), the same for every server
+RATES_BF16=${RATES_BF16:-inf}                    # vLLM bf16 (emulated without AVX512-BF16/AMX): peak only
+DURATION=${DURATION:-40}                         # seconds of arrivals per rate
 PROMPT=${PROMPT:-32,256}
 OUTPUT=${OUTPUT:-128,512}
 PORT=${PORT:-8123}
@@ -49,7 +52,7 @@ for cfg in $CONFIGS; do
   case $cfg in
     vllm-fp32|vllm-bf16)
       dtype=$([ "$cfg" = vllm-fp32 ] && echo float32 || echo bfloat16)
-      VLLM_CPU_KVCACHE_SPACE=4 VLLM_CPU_OMP_THREADS_BIND=0-1 OMP_NUM_THREADS=2 \
+      LD_PRELOAD=$VLLM_PRELOAD VLLM_CPU_KVCACHE_SPACE=4 VLLM_CPU_OMP_THREADS_BIND=0-1 OMP_NUM_THREADS=2 \
         "$VLLM_PY" -m vllm.entrypoints.openai.api_server --model "$HF" --served-model-name smollm2-135m \
         --host 127.0.0.1 --port "$PORT" --dtype "$dtype" >"$log" 2>&1 &
       PID=$! ;;
@@ -65,7 +68,7 @@ for cfg in $CONFIGS; do
   echo "$cfg ready after $(( $(date +%s) - started )) s"
   python -m skipdecode.cli.main bench-serve --url "http://127.0.0.1:$PORT/v1" --tokenizer "$EXPORT" \
     --label "$cfg" --workload chat --prompt-tokens "$PROMPT" --output-tokens "$OUTPUT" --requests "$REQUESTS" \
-    --rates "$RATES" --duration "$DURATION" --json "$TMP/$cfg.json"
+    --rates "$([ "$cfg" = vllm-bf16 ] && echo "$RATES_BF16" || echo "$RATES")" --duration "$DURATION" --json "$TMP/$cfg.json"
   stop
 done
 
