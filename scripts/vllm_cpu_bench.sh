@@ -22,6 +22,7 @@ REQUESTS=${REQUESTS:-24}                         # requests of the saturating ru
 RATES=${RATES:-0.15,0.3}                         # Poisson rates (req/s), the same for every server
 RATES_BF16=${RATES_BF16:-inf}                    # vLLM bf16 (emulated without AVX512-BF16/AMX): peak only
 DURATION=${DURATION:-40}                         # seconds of arrivals per rate
+WORKLOAD=${WORKLOAD:-chat}                       # chat or e2e (bench-serve's workloads)
 PROMPT=${PROMPT:-32,256}
 OUTPUT=${OUTPUT:-128,512}
 PORT=${PORT:-8123}
@@ -67,7 +68,7 @@ for cfg in $CONFIGS; do
   wait_ready "$log"
   echo "$cfg ready after $(( $(date +%s) - started )) s"
   python -m skipdecode.cli.main bench-serve --url "http://127.0.0.1:$PORT/v1" --tokenizer "$EXPORT" \
-    --label "$cfg" --workload chat --prompt-tokens "$PROMPT" --output-tokens "$OUTPUT" --requests "$REQUESTS" \
+    --label "$cfg" --workload "$WORKLOAD" --prompt-tokens "$PROMPT" --output-tokens "$OUTPUT" --requests "$REQUESTS" \
     --rates "$([ "$cfg" = vllm-bf16 ] && echo "$RATES_BF16" || echo "$RATES")" --duration "$DURATION" --json "$TMP/$cfg.json"
   stop
 done
