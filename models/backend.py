@@ -16,7 +16,7 @@ import torch
 
 from skipdecode.models.base import SkipLM
 from skipdecode.runtime.backend import Range
-from skipdecode.runtime.feeds import check_capacity
+from skipdecode.runtime.feeds import KVLengths, check_capacity
 
 
 class TorchBackend:
@@ -35,7 +35,7 @@ class TorchBackend:
         shape = (rows, c.num_kv_heads, max_len, c.head_dim)  # (R, H_kv, T, D)
         self.k = [torch.zeros(shape, dtype=p.dtype, device=self.device) for _ in range(self.num_layers)]
         self.v = [torch.zeros(shape, dtype=p.dtype, device=self.device) for _ in range(self.num_layers)]
-        self.lengths = np.zeros((self.num_layers, rows), np.int64)  # keys held, per layer and row
+        self.kv_lengths = KVLengths(self.num_layers, rows)
         self.max_len = max_len
         self.calls = []
 
@@ -55,13 +55,12 @@ class TorchBackend:
         causal = torch.ones(S, S, dtype=torch.bool, device=self.device).tril()
         mask = (valid[:, None, :] & causal[None]) | torch.eye(S, dtype=torch.bool, device=self.device)[None]
         mask = mask[:, None]  # (n, 1, S, S): a padding query sees itself, so no row is all-masked
-        self.lengths[:, rows] = 0
+        self.kv_lengths.prefill(start, lengths, layers)
         for l in layers:
             def kv(k, v, l=l):  # k, v: (n, H_kv, S, D)
                 self.k[l][rows, :, :S], self.v[l][rows, :, :S] = k, v
                 return k, v
             hidden = self.model.decoder_layers[l](hidden, rope, mask, kv)
-            self.lengths[l, rows] = lengths
         last = hidden[torch.arange(n), self._t(np.asarray(lengths) - 1)]  # (n, hidden)
         return self.model.head(last).float().cpu().numpy()  # (n, V)
 
@@ -77,11 +76,7 @@ class TorchBackend:
             if a == b:
                 continue
             p = np.asarray(positions[a:b])
-            held = self.lengths[l, a:b]
-            if not np.array_equal(held, p):
-                bad = int(np.flatnonzero(held != p)[0])
-                raise RuntimeError(f"layer {l} row {a + bad} holds {held[bad]} keys but is asked to write position "
-                                   f"{p[bad]}: a skipped layer ran again (KV would be recomputed)")
+            self.kv_lengths.check(l, a, b, p)
             T = int(p.max()) + 1
             idx = self._t(np.arange(b - a))
             pt = self._t(p)
@@ -95,15 +90,13 @@ class TorchBackend:
             part_rope = None if rope is None else tuple(r[a:b] for r in rope)
             out = self.model.decoder_layers[l](hidden[a:b], part_rope, mask, kv)
             hidden = torch.cat([hidden[:a], out, hidden[b:]])
-            self.lengths[l, a:b] += 1
+            self.kv_lengths.advance(l, a, b)
         return self.model.head(hidden[:, 0]).float().cpu().numpy()  # (B, V)
 
     def move(self, src: Sequence[int], dst: Sequence[int], length: int, layers: Sequence[int]) -> None:
         self.calls.append(("move", list(src), list(dst), length, tuple(layers)))
         s, d = self._t(np.asarray(src)), self._t(np.asarray(dst))
-        lengths = self.lengths[:, list(src)].copy()
-        self.lengths[:, list(dst)] = 0
+        self.kv_lengths.move(src, dst, layers)
         for l in layers:
             self.k[l][d, :, :length] = self.k[l][s, :, :length].clone()
             self.v[l][d, :, :length] = self.v[l][s, :, :length].clone()
-            self.lengths[l, list(dst)] = lengths[l]

@@ -127,8 +127,9 @@ class Runtime:
         from tqdm import tqdm
 
         if warmup:
-            self.generate(prompts[: kw.get("batch_size", 8)], schedule, max_new_tokens=2,
-                          batch_size=kw.get("batch_size", 8))
+            n = kw.get("batch_size", 8)
+            first = schedule if schedule is None or isinstance(schedule, Schedule) else list(schedule)[:n]
+            self.generate(prompts[:n], first, max_new_tokens=2, batch_size=n)
         with tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not show_progress, file=sys.stderr) as bar:
             t0 = time.perf_counter()
             rows = self.generate(prompts, schedule, progress=bar.update, **kw)

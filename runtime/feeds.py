@@ -72,3 +72,45 @@ def decode_feeds(positions: np.ndarray) -> Feeds:
 def check_capacity(need: int, capacity: int) -> None:
     if need > capacity:
         raise SkipDecodeError(f"KV buffer overflow: {need} positions needed, {capacity} allocated")
+
+
+class KVLengths:
+    """Keys each KV row holds in each layer: the bookkeeping every backend keeps, and the check
+    that refuses a recompute (a layer asked to write position p of a row must hold exactly p keys
+    of it).
+
+    >>> kv = KVLengths(num_layers=3, rows=2)
+    >>> kv.prefill(0, np.array([4, 2]), layers=(0, 1, 2))
+    >>> kv.check(2, 0, 2, np.array([4, 2])); kv.advance(2, 0, 2)
+    >>> kv.check(1, 0, 1, np.array([5]))
+    Traceback (most recent call last):
+    ...
+    RuntimeError: layer 1 row 0 holds 4 keys but is asked to write position 5: a skipped layer ran again (KV would be recomputed)
+    """
+
+    def __init__(self, num_layers: int, rows: int):
+        self.held = np.zeros((num_layers, rows), np.int64)  # (L, R)
+
+    def prefill(self, start: int, lengths: np.ndarray, layers) -> None:
+        """Fresh rows [start, start + n) now hold their prompts in ``layers`` and nothing elsewhere."""
+        rows = slice(start, start + len(lengths))
+        self.held[:, rows] = 0
+        self.held[list(layers), rows] = lengths
+
+    def check(self, layer: int, a: int, b: int, positions: np.ndarray) -> None:
+        """Rows [a, b) may write ``positions`` (b - a,) in ``layer`` only if they hold exactly that many."""
+        held = self.held[layer, a:b]
+        if not np.array_equal(held, positions):
+            i = int(np.flatnonzero(held != positions)[0])
+            raise RuntimeError(f"layer {layer} row {a + i} holds {held[i]} keys but is asked to write position "
+                               f"{positions[i]}: a skipped layer ran again (KV would be recomputed)")
+
+    def advance(self, layer: int, a: int, b: int) -> None:
+        self.held[layer, a:b] += 1
+
+    def move(self, src, dst, layers) -> None:
+        """Rows ``dst`` take over rows ``src``'s keys in ``layers`` (and hold none in the others)."""
+        held = self.held[:, list(src)].copy()
+        self.held[:, list(dst)] = 0
+        for l in layers:
+            self.held[l, list(dst)] = held[l]

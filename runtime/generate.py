@@ -102,9 +102,8 @@ def generate_ids(
     order = [i for batch in length_batches(prompts, batch_size) for i in batch]
     max_len = max(len(p) for p in prompts) + max(news)
     engine = Engine(backend, eos_ids, pad_id, EngineConfig(batch_size, max_len, policy), schedules[0], tokenizer)
-    requests = {i: Request(prompts[i], news[i], schedules[i], config.sampling, config.stop, config.ignore_eos)
-                for i in order}
-    rows = engine.run([requests[i] for i in order], progress)
+    rows = engine.run([Request(prompts[i], news[i], schedules[i], config.sampling, config.stop, config.ignore_eos)
+                       for i in order], progress)
     results: list[RowResult | None] = [None] * len(prompts)
     for i, row in zip(order, rows):
         results[i] = row

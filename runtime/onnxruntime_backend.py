@@ -29,7 +29,7 @@ import onnxruntime as ort
 from skipdecode.errors import SkipDecodeError
 from skipdecode.export.contract import EMBED, LM_HEAD, graph_name
 from skipdecode.runtime.backend import Range
-from skipdecode.runtime.feeds import Feeds, check_capacity, decode_feeds, prefill_feeds
+from skipdecode.runtime.feeds import Feeds, KVLengths, check_capacity, decode_feeds, prefill_feeds
 from skipdecode.runtime.manifest import load_manifest
 
 KV_ROUND = 64  # KV capacity is rounded up to a multiple of this
@@ -94,7 +94,7 @@ class OnnxRuntimeBackend:
         cap = self.manifest.max_seq if self.kind == "standard" else min(
             -(-max_len // KV_ROUND) * KV_ROUND, self.manifest.max_seq)
         self.calls = []
-        self.layer_len = np.zeros((self.num_layers, rows), np.int64)  # keys held, per layer and row
+        self.kv_lengths = KVLengths(self.num_layers, rows)
         R, H, D = rows, self.kv_heads, self.head_dim
         self.rows, self.capacity = R, cap
         self.k = [np.zeros((R, H, cap, D), self.dtype) for _ in range(self.num_layers)]  # (R, H_kv, T, D)
@@ -177,7 +177,7 @@ class OnnxRuntimeBackend:
         nk = np.zeros((n, self.kv_heads, S, self.head_dim), self.dtype)
         new_kv = (nk, np.zeros_like(nk))  # (n, H_kv, S, D): standard graphs' new K/V
         rows = slice(start, stop)
-        self.layer_len[:, rows] = 0
+        self.kv_lengths.prefill(start, lengths, layers)
         if self.capture is not None:
             self.capture(EMBED, {"input_ids": ids, "positions": pos})
         self.embed.run_with_iobinding(self._bind_embed(ids, pos, hid[0]))
@@ -189,7 +189,6 @@ class OnnxRuntimeBackend:
             self.layer_sessions[l].run_with_iobinding(b)
             if self.kind == "standard":
                 self.k[l][rows, :, :S], self.v[l][rows, :, :S] = new_kv
-            self.layer_len[l, rows] = lengths
             p = 1 - p
         last = np.ascontiguousarray(f.last)
         out = {k: np.zeros((n, *a.shape[1:]), a.dtype) for k, a in self.out.items()}
@@ -215,11 +214,7 @@ class OnnxRuntimeBackend:
         for l, (a, b) in enumerate(ranges):
             if a == b:
                 continue
-            held = self.layer_len[l, a:b]
-            if not np.array_equal(held, positions[a:b]):
-                bad = int(np.flatnonzero(held != positions[a:b])[0])
-                raise RuntimeError(f"layer {l} row {a + bad} holds {held[bad]} keys but is asked to write position "
-                                   f"{positions[a + bad]}: a skipped layer ran again (KV would be recomputed)")
+            self.kv_lengths.check(l, a, b, positions[a:b])
             src, dst = self.hid[p], self.hid[1 - p]
             dst[:a], dst[b:B] = src[:a], src[b:B]  # rows that skip this layer keep their hidden state
             self.total[...] = int(positions[a:b].max()) + 1
@@ -236,7 +231,7 @@ class OnnxRuntimeBackend:
                 r = np.arange(a, b)
                 self.k[l][r, :, positions[a:b]] = self.nk[rows, :, 0]
                 self.v[l][r, :, positions[a:b]] = self.nv[rows, :, 0]
-            self.layer_len[l, a:b] += 1
+            self.kv_lengths.advance(l, a, b)
             p = 1 - p
         if self.capture is not None:
             self.capture(LM_HEAD, {"hidden": self.hid[p][:B], "last_index": self.last[:B]})
@@ -248,12 +243,10 @@ class OnnxRuntimeBackend:
     def move(self, src: Sequence[int], dst: Sequence[int], length: int, layers: Sequence[int]) -> None:
         self.calls.append(("move", list(src), list(dst), length, tuple(layers)))
         src, dst = list(src), list(dst)
-        held = self.layer_len[:, src].copy()
-        self.layer_len[:, dst] = 0
+        self.kv_lengths.move(src, dst, layers)
         for l in layers:
             self.k[l][dst, :, :length] = self.k[l][src, :, :length]  # fancy indexing: sources read first
             self.v[l][dst, :, :length] = self.v[l][src, :, :length]
-            self.layer_len[l, dst] = held[l]
 
     def _layer_feeds(self, l: int, rows: slice, hidden, pos, small) -> dict[str, np.ndarray]:
         """The arrays bound as layer l's inputs, by input name."""

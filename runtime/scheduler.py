@@ -106,10 +106,6 @@ class StepPlan:
     finished: list[RequestState] = field(default_factory=list)
     """Requests dropped before this step (cancelled): they need a result, not a call."""
 
-    @property
-    def empty(self) -> bool:
-        return self.prefill is None and self.decode is None
-
 
 class Scheduler:
     def __init__(self, num_layers: int, max_rows: int, max_len: int, pad_id: int, policy: str = "continuous",
@@ -133,25 +129,26 @@ class Scheduler:
         plan.finished = gone
         decoding = self.running
         if decoding:
-            plan.move = self._place(decoding)
+            sets_of = {r.id: r.schedule.layers_for_step(r.step) for r in decoding}  # this step's layer sets
+            plan.move = self._place(decoding, sets_of)
             decoding = sorted(decoding, key=lambda r: r.row)
-            sets = [r.schedule.layers_for_step(r.step) for r in decoding]
+            sets = [sets_of[r.id] for r in decoding]
             ids = np.array([self.pad_id if r.finish_reason else r.out[-1] for r in decoding], np.int64)
             plan.decode = Decode(decoding, ids, np.array([r.position for r in decoding], np.int64), sets,
                                  layer_ranges(sets, self.num_layers))
         plan.prefill = self._admit(len(decoding))
         return plan
 
-    def _place(self, rows: Sequence[RequestState]) -> Move | None:
+    def _place(self, rows: Sequence[RequestState], sets_of: dict[str, tuple[int, ...]]) -> Move | None:
         """Order the decoding rows by depth in rows [0, len(rows)) with as few moves as possible."""
-        depths = [len(r.schedule.layers_for_step(r.step)) for r in rows]
+        depths = [len(sets_of[r.id]) for r in rows]
         target = place(depths, [r.row for r in rows])
         moved = [(r.row, t, r) for r, t in zip(rows, target) if r.row != t]
         for r, t in zip(rows, target):
             r.row = t
         if not moved:
             return None
-        layers = sorted({l for *_, r in moved for l in r.schedule.layers_for_step(r.step)})
+        layers = sorted({l for *_, r in moved for l in sets_of[r.id]})
         return Move([s for s, _, _ in moved], [t for _, t, _ in moved], max(r.position for *_, r in moved),
                     tuple(layers))
 
@@ -164,10 +161,7 @@ class Scheduler:
         longest = 0
         layers: tuple[int, ...] | None = None
         while self.waiting and len(batch) < free:
-            r = self.waiting[0]
-            if r.cancelled:
-                self.waiting.popleft()
-                continue
+            r = self.waiting[0]  # a cancelled request has already left the queue (Engine.cancel)
             if layers is not None and r.schedule.prompt_layer_set() != layers:
                 later.append(self.waiting.popleft())
                 continue

@@ -96,7 +96,7 @@ def make_record(mode: str, label: str, rate: float, wall: float, tokens: Sequenc
     return ServeRecord(mode, label, rate, len(tokens), total, round(total / wall, 2), round(len(tokens) / wall, 4),
                        round(percentile(list(ttfts), 50), 4), round(percentile(list(ttfts), 99), 4),
                        round(percentile(list(tpots), 50), 5), round(percentile(list(tpots), 99), 5),
-                       round(layers, 3), round(wall, 2), round(prefill_s / wall, 4))
+                       round(layers, 3), round(wall, 4), round(prefill_s / wall, 4))
 
 
 def serve(backend, jobs: Sequence[Job], schedules: Sequence[Schedule], mode: str, rate: float, max_rows: int,

@@ -22,7 +22,7 @@ import numpy as np
 from skipdecode.errors import SkipDecodeError
 from skipdecode.runtime.backend import Range
 from skipdecode.runtime.cuda import DeviceArray, Stream, copy_2d
-from skipdecode.runtime.feeds import check_capacity, decode_feeds, prefill_feeds
+from skipdecode.runtime.feeds import KVLengths, check_capacity, decode_feeds, prefill_feeds
 from skipdecode.runtime.manifest import load_manifest
 from skipdecode.runtime.tensorrt_engines import (PROFILES, check_compatible, gpu_identity, import_tensorrt,
                                                  load_engine_record)
@@ -95,7 +95,7 @@ class TensorRTBackend:
             raise SkipDecodeError(f"{rows} rows, engines built for at most {self.max_batch} (--max-batch)")
         if max_len > self.max_positions:
             raise SkipDecodeError(f"{max_len} positions needed, the engines' KV buffers hold {self.max_positions}")
-        self.layer_len = np.zeros((self.num_layers, rows), np.int64)
+        self.kv_lengths = KVLengths(self.num_layers, rows)
         self.calls = []
         R, H, D = rows, self.kv_heads, self.head_dim
         self.rows, self.max_s = R, 0
@@ -173,9 +173,8 @@ class TensorRTBackend:
         # the scratch buffers are laid out (R, max_s): pack this call's (n, S) at their start
         self.ids.upload(ids, st), self.pos.upload(np.ascontiguousarray(f.positions), st)
         self.last.upload(f.last, st), self.write_index.upload(f.write_index, st)
-        self.layer_len[:, start:start + n] = 0
         p = self._chain(PREFILL, start, n, S, [(l, 0, n) for l in layers], f.write_index)
-        self.layer_len[list(layers), start:start + n] = lengths
+        self.kv_lengths.prefill(start, lengths, layers)
         return self._head(PREFILL, n, S, p)
 
     def decode(self, ids: np.ndarray, positions: np.ndarray, ranges: Sequence[Range]) -> np.ndarray:
@@ -184,31 +183,28 @@ class TensorRTBackend:
         f = decode_feeds(positions)
         check_capacity(f.total_sequence_length, self.max_seq)
         for l, (a, b) in enumerate(ranges):
-            if a < b and not np.array_equal(self.layer_len[l, a:b], positions[a:b]):
-                raise RuntimeError(f"layer {l}: rows [{a}, {b}) hold {self.layer_len[l, a:b].tolist()} keys, asked to "
-                                   f"write positions {list(positions[a:b])} (KV would be recomputed)")
+            if a < b:
+                self.kv_lengths.check(l, a, b, positions[a:b])
         self._ensure_seq(1)
         st = self.stream
         self.ids.upload(np.asarray(ids, np.int64)[:, None], st), self.pos.upload(f.positions, st)
         self.last.upload(f.last, st), self.write_index.upload(f.write_index, st)
         p = self._chain(DECODE, 0, B, 1, [(l, a, b) for l, (a, b) in enumerate(ranges) if a < b], f.write_index)
         for l, (a, b) in enumerate(ranges):
-            self.layer_len[l, a:b] += 1
+            self.kv_lengths.advance(l, a, b)
         return self._head(DECODE, B, 1, p)
 
     def move(self, src: Sequence[int], dst: Sequence[int], length: int, layers: Sequence[int]) -> None:
         self.calls.append(("move", list(src), list(dst), length, tuple(layers)))
         isz, H, T, D = self.dtype.itemsize, self.kv_heads, self.max_seq, self.head_dim
         tmp = DeviceArray((len(src), H, T, D), self.dtype)  # every source is read before any write
-        held = self.layer_len[:, list(src)].copy()
-        self.layer_len[:, list(dst)] = 0
+        self.kv_lengths.move(src, dst, layers)
         for l in layers:
             for buf in (self.k[l], self.v[l]):
                 for i, s in enumerate(src):
                     copy_2d(self._at(tmp, i), T * D * isz, self._at(buf, s), T * D * isz, length * D * isz, H, self.stream)
                 for i, d in enumerate(dst):
                     copy_2d(self._at(buf, d), T * D * isz, self._at(tmp, i), T * D * isz, length * D * isz, H, self.stream)
-            self.layer_len[l, list(dst)] = held[l]
         self.stream.synchronize()
 
     def _scatter(self, l: int, row0: int, write: np.ndarray, S: int) -> None:

@@ -15,7 +15,7 @@ full = [(0, B)] * 30
 def t(pos, n=12):
     ts = []
     for _ in range(n):
-        b.layer_len[:, :] = pos  # rewrite the same positions each call
+        b.kv_lengths.held[:, :] = pos  # rewrite the same positions each call
         t0 = time.perf_counter(); b.decode(np.full(B, 5), pos, full); ts.append(time.perf_counter() - t0)
     return 1000 * np.median(ts)
 same = np.full(B, 150); spread = np.linspace(90, 210, B).astype(np.int64)

@@ -63,7 +63,7 @@ def main() -> None:
     ids, pos = prompts[:, -1], np.full(B, P)
 
     def step(layers):
-        backend.lengths[:] = P  # rewrite position P each time
+        backend.kv_lengths.held[:] = P  # rewrite position P each time
         return backend.decode(ids, pos, [(0, B) if l in layers else (0, 0) for l in range(L)])
 
     zero = median_ms(lambda: step(()), args.repeats)

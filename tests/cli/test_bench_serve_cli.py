@@ -22,7 +22,7 @@ def test_bench_serve_records(tiny_export, tmp_path, capsys):
     for r in recs[:4]:  # saturating: every request done, every token generated (EOS ignored)
         assert r["completed"] == 6 and r["rate"] == float("inf")
         assert r["output_tokens"] == sum(j.new_tokens for j in jobs)
-        assert abs(r["output_tokens_per_s"] * r["wall_s"] / r["output_tokens"] - 1) < 0.3  # wall_s is rounded
+        assert abs(r["output_tokens_per_s"] * r["wall_s"] / r["output_tokens"] - 1) < 0.3  # both are rounded
         assert r["ttft_p50"] <= r["ttft_p99"] and r["tpot_p50"] <= r["tpot_p99"]
     assert recs[1]["mean_layers"] == 6 and recs[2]["mean_layers"] < recs[3]["mean_layers"] < 6
     assert {r["rate"] for r in recs[4:]} == {20.0} and len(recs) == 8

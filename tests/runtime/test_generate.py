@@ -47,7 +47,7 @@ def test_layer_calls_follow_the_schedule_and_kv_is_never_recomputed(tiny_models)
         assert all((a, b) in ((0, 2), (0, 0)) for a, b in ranges)
     # every layer's KV length = prompt + the steps that ran it: nothing written twice
     for r, p in enumerate(sorted(PROMPTS[:2], key=len)):  # rows in admission order: by length
-        assert backend.lengths[:, r].tolist() == [len(p) + SKIP.steps_running_layer(l, 7) for l in range(6)]
+        assert backend.kv_lengths.held[:, r].tolist() == [len(p) + SKIP.steps_running_layer(l, 7) for l in range(6)]
     assert rows[0].mean_layers == pytest.approx(SKIP.mean_layers(8))
 
 
