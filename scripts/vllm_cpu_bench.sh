@@ -16,8 +16,11 @@ VLLM_PY=${VLLM_PY:-/work/vllm-venv/bin/python}
 VLLM_PRELOAD=${VLLM_PRELOAD-/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4:$(dirname "$VLLM_PY")/../lib/libiomp5.so}
 HF=${HF:-$HOME/.cache/skipdecode/smollm2-135m}   # the same SmolLM2 checkpoint as an HF folder
 EXPORT=${EXPORT:-out/smollm2-fp32}               # our fp32 export of it
+# our int8 export of it: skipdecode calibrate out/smollm2-fp32 --out out/smollm2-int8d \
+#   --method int8-dynamic --head quantized --data ../shared/data/e2e/devset.csv
+EXPORT_INT8=${EXPORT_INT8:-out/smollm2-int8d}
 OUT=${OUT:-docs/serving/vllm-cpu.json}
-CONFIGS=${CONFIGS:-"vllm-fp32 vllm-bf16 ours-fp32-1x ours-fp32-3x"}
+CONFIGS=${CONFIGS:-"vllm-fp32 vllm-bf16 ours-fp32-1x ours-fp32-3x ours-int8-1x ours-int8-3x"}
 REQUESTS=${REQUESTS:-24}                         # requests of the saturating run
 RATES=${RATES:-0.15,0.3}                         # Poisson rates (req/s), the same for every server
 RATES_BF16=${RATES_BF16:-inf}                    # vLLM bf16 (emulated without AVX512-BF16/AMX): peak only
@@ -57,9 +60,10 @@ for cfg in $CONFIGS; do
         "$VLLM_PY" -m vllm.entrypoints.openai.api_server --model "$HF" --served-model-name smollm2-135m \
         --host 127.0.0.1 --port "$PORT" --dtype "$dtype" >"$log" 2>&1 &
       PID=$! ;;
-    ours-fp32-1x|ours-fp32-3x)
+    ours-fp32-*|ours-int8-*)
       speedup=${cfg##*-}; speedup=${speedup%x}
-      python -m skipdecode.cli.main serve "$EXPORT" --host 127.0.0.1 --port "$PORT" --max-batch 32 \
+      export_dir=$([ "${cfg:5:4}" = int8 ] && echo "$EXPORT_INT8" || echo "$EXPORT")
+      python -m skipdecode.cli.main serve "$export_dir" --host 127.0.0.1 --port "$PORT" --max-batch 32 \
         --speedup "$speedup" --log-level warning >"$log" 2>&1 &
       PID=$! ;;
     *) echo "unknown configuration $cfg"; exit 2 ;;
@@ -86,10 +90,10 @@ Path(out).parent.mkdir(parents=True, exist_ok=True)
 peak = {c: next(r["output_tokens_per_s"] for r in p["records"] if r["rate"] == float("inf")) for c, p in parts.items()}
 vllm = {c: v for c, v in peak.items() if c.startswith("vllm")}
 ratios = {}
-if vllm and "ours-fp32-3x" in peak:
-    ratios["ours-fp32-3x / vllm best (target >= 1.5)"] = round(peak["ours-fp32-3x"] / max(vllm.values()), 3)
-if "vllm-fp32" in peak and "ours-fp32-1x" in peak:
-    ratios["ours-fp32-1x / vllm-fp32 (target >= 1.0)"] = round(peak["ours-fp32-1x"] / peak["vllm-fp32"], 3)
+for c in [c for c in peak if c.startswith("ours-") and c.endswith("-3x")] if vllm else []:
+    ratios[f"{c} / vllm best (target >= 1.5)"] = round(peak[c] / max(vllm.values()), 3)
+for c in [c for c in peak if c.startswith("ours-") and c.endswith("-1x")] if "vllm-fp32" in peak else []:
+    ratios[f"{c} / vllm-fp32 (target >= 1.0 for fp32)"] = round(peak[c] / peak["vllm-fp32"], 3)
 report["peak_output_tokens_per_s"], report["ratios"] = peak, ratios
 Path(out).write_text(json.dumps(report, indent=1))
 sys.path.insert(0, ".")
