@@ -49,7 +49,11 @@ class EngineConfig:
     max_waiting: int | None = None
     """Refuse new requests (QueueFull) when this many wait; None: no limit."""
     max_prefill_tokens: int | None = None
-    """Cap on the padded prompt tokens of one prefill call (newcomers beyond it wait a step)."""
+    """Cap on the padded prompt tokens of one prefill (newcomers beyond it wait a step)."""
+    prefill_padding: float = 0.25
+    """continuous: newcomers are sorted by prompt length and prefilled in calls whose padded tokens
+    stay within (1 + this) x their real tokens (0: one call per distinct length; inf: one call,
+    rows in arrival order)."""
     seed: int | None = None
     """Seeds the rng of requests that sample without a seed of their own."""
 
@@ -75,7 +79,8 @@ class Engine:
         self.tokenizer = tokenizer
         self.max_len = min(config.max_len or backend.max_positions, backend.max_positions)
         backend.allocate(config.max_rows, self.max_len)
-        self.scheduler = Scheduler(L, config.max_rows, self.max_len, pad_id, config.policy, config.max_prefill_tokens)
+        self.scheduler = Scheduler(L, config.max_rows, self.max_len, pad_id, config.policy, config.max_prefill_tokens,
+                                   config.prefill_padding)
         self._rng = np.random.default_rng(config.seed)
         self._requests: dict[str, RequestState] = {}
         self._results: dict[str, RowResult] = {}
@@ -189,11 +194,14 @@ class Engine:
         lp = ld = None
         if plan.prefill is not None:
             p = plan.prefill
-            t0 = time.perf_counter()
-            lp = b.prefill(p.start, p.ids, p.lengths, p.layers)
-            share = (time.perf_counter() - t0) / len(p.requests)
-            for r in p.requests:
-                r.prefill_s = share
+            parts = []
+            for start, ids, lengths in p.calls():  # each call's time is shared by its rows
+                t0 = time.perf_counter()
+                parts.append(b.prefill(start, ids, lengths, p.layers))
+                share = (time.perf_counter() - t0) / len(lengths)
+                for r in p.requests[start - p.start:start - p.start + len(lengths)]:
+                    r.prefill_s = share
+            lp = parts[0] if len(parts) == 1 else np.concatenate(parts)  # (n, V), request order
         if plan.decode is not None:
             d = plan.decode
             ld = b.decode(d.ids, d.positions, d.ranges)

@@ -23,7 +23,8 @@ def lockstep(ref: Backend, other: Backend, prompts: Sequence[Sequence[int]], sch
     ``new_tokens - 1`` decode steps, rows in prompt order, both fed the reference's greedy token."""
     B = len(prompts)
     max_len = max(len(p) for p in prompts) + new_tokens
-    engines = [Engine(b, (), pad_id, EngineConfig(B, max_len), schedule) for b in (ref, other)]
+    config = EngineConfig(B, max_len, prefill_padding=float("inf"))  # one prefill call, rows in prompt order
+    engines = [Engine(b, (), pad_id, config, schedule) for b in (ref, other)]
     for e in engines:
         for p in prompts:
             e.add(Request(p, new_tokens, schedule, ignore_eos=True))

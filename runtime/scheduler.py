@@ -3,7 +3,11 @@
 The output is plain data (vLLM v1's SchedulerOutput): moves that keep the rows ordered by depth,
 one prefill of newcomers over their own row range, one decode of every running row. A prefill runs
 one layer set for all its rows, so a step admits only newcomers whose schedules share the prompt
-layer set of the first one waiting (the others wait for a later step, in order). Two policies:
+layer set of the first one waiting (the others wait for a later step, in order). The graphs take
+right-padded prompts, so the continuous policy sorts a prefill's newcomers by prompt length and
+splits them into calls whose padded tokens stay within ``1 + prefill_padding`` of their real ones
+(vLLM packs prompts without padding; padding to the longest of 24 chat prompts wasted 44% of the
+prefill). Two policies:
 
 - ``continuous``: a request is admitted as soon as a KV row is free; finished rows leave at once.
 - ``static``: a batch is admitted only when the engine is empty, and rows that finish keep their
@@ -78,6 +82,16 @@ class Prefill:
     lengths: np.ndarray  # (n,) int64
     layers: tuple[int, ...]
     """The prompt layer set every request of this prefill shares (``schedule.prompt_layer_set()``)."""
+    splits: tuple[int, ...] = ()
+    """Where the backend calls split the requests (ascending, inside (0, n)); each call is padded
+    to its own longest prompt. Empty: one call."""
+
+    def calls(self):
+        """(start row, ids (k, S_k), lengths (k,)) of each backend call, in request order."""
+        bounds = (0, *self.splits, len(self.requests))
+        for a, b in zip(bounds, bounds[1:]):
+            lengths = self.lengths[a:b]
+            yield self.start + a, self.ids[a:b, :int(lengths.max())], lengths
 
 
 @dataclass
@@ -109,13 +123,16 @@ class StepPlan:
 
 class Scheduler:
     def __init__(self, num_layers: int, max_rows: int, max_len: int, pad_id: int, policy: str = "continuous",
-                 max_prefill_tokens: int | None = None):
+                 max_prefill_tokens: int | None = None, prefill_padding: float = 0.25):
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
         self.num_layers, self.max_rows, self.max_len, self.pad_id = num_layers, max_rows, max_len, pad_id
         self.policy = policy
         self.max_prefill_tokens = max_prefill_tokens
-        """At most this many (padded) prompt tokens per prefill call; one request always fits."""
+        """At most this many (padded) prompt tokens per prefill; one request always fits."""
+        if not prefill_padding >= 0:
+            raise ValueError(f"prefill_padding must be >= 0, got {prefill_padding}")
+        self.prefill_padding = prefill_padding
         self.waiting: deque[RequestState] = deque()
         self.running: list[RequestState] = []
         """Admitted and not yet released, in no particular order (rows say where they are)."""
@@ -179,13 +196,36 @@ class Scheduler:
         self.waiting.extendleft(reversed(later))
         if not batch:
             return None
+        splits: tuple[int, ...] = ()
+        if self.policy == "continuous" and self.prefill_padding != float("inf"):
+            # (the static batcher keeps its one padded call, in arrival order: calibration's shards)
+            batch.sort(key=lambda r: r.prompt_len)
+            splits = padding_splits([r.prompt_len for r in batch], self.prefill_padding)
         for i, r in enumerate(batch):
             r.row = first_free + i
             self.running.append(r)
         ids, lengths = right_pad([r.request.prompt_ids for r in batch], self.pad_id)
-        return Prefill(first_free, batch, ids, lengths, layers)
+        return Prefill(first_free, batch, ids, lengths, layers, splits)
 
     # ---- bookkeeping --------------------------------------------------------------------------
     def release(self, r: RequestState) -> None:
         self.running.remove(r)
         r.row = None
+
+
+def padding_splits(lengths: Sequence[int], slack: float) -> tuple[int, ...]:
+    """Split ascending prompt ``lengths`` into runs, each padded to its last (longest), whose padded
+    tokens stay within ``(1 + slack)`` times their real tokens; returns the run boundaries.
+
+    >>> padding_splits([40, 42, 44, 150, 160, 250], 0.25)
+    (3, 5)
+    >>> padding_splits([10, 20, 30], 0.0), padding_splits([10, 20, 30], float("inf"))
+    ((1, 2), ())
+    """
+    splits, start, real = [], 0, 0
+    for i, n in enumerate(lengths):
+        if i > start and (i - start + 1) * n > (1 + slack) * (real + n):
+            splits.append(i)
+            start, real = i, 0
+        real += n
+    return tuple(splits)

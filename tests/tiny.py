@@ -97,6 +97,17 @@ EXPORTS = {
 }
 
 
+def split_calls(calls):
+    """A backend's call log -> ((first row, end row), layers) of its leading prefill calls merged,
+    and the calls after them. The engine prefills a burst in one call per length group
+    (EngineConfig.prefill_padding): the groups must tile the rows and share one layer set."""
+    n = next((i for i, c in enumerate(calls) if c[0] != "prefill"), len(calls))
+    assert n >= 1, calls[:1]
+    ranges, layers = [c[1] for c in calls[:n]], {c[2] for c in calls[:n]}
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:])) and len(layers) == 1, calls[:n]
+    return ((ranges[0][0], ranges[-1][1]), layers.pop()), calls[n:]
+
+
 def run_arrivals(engine, arrivals, max_steps: int = 5000) -> None:
     """Step ``engine`` until done, adding each (arrival step, Request) when its step comes."""
     pending = sorted(arrivals, key=lambda a: a[0])

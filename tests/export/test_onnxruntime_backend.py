@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tiny import EXPORTS, run_arrivals, run_without_torch, solo_tokens
+from tiny import EXPORTS, run_arrivals, run_without_torch, solo_tokens, split_calls
 
 from skipdecode.errors import SkipDecodeError
 from skipdecode.models.backend import TorchBackend
@@ -34,10 +34,10 @@ def test_greedy_matches_torch_under_skip_schedule(tiny_export, name):
     got = generate_ids(ort_b, PROMPTS, schedule, config, [2], 0, batch_size=4)
     assert [r.token_ids for r in got] == [r.token_ids for r in ref]
     # KV never recomputed: the prefill runs every layer once, step t exactly the schedule's set
-    calls = ort_b.calls
-    assert calls[0] == ("prefill", (0, 4), tuple(range(L)))
-    assert [[l for l, (a, b) in enumerate(c[1]) if a < b] for c in calls[1:]] == [
-        list(schedule.layers_for_step(t)) for t in range(len(calls) - 1)]
+    prefill, decodes = split_calls(ort_b.calls)
+    assert prefill == ((0, 4), tuple(range(L)))
+    assert [[l for l, (a, b) in enumerate(c[1]) if a < b] for c in decodes] == [
+        list(schedule.layers_for_step(t)) for t in range(len(decodes))]
     # a second engine over the same buffers reuses nothing stale
     got2 = generate_ids(ort_b, PROMPTS[:2], schedule, config, [2], 0, batch_size=2)
     assert [r.token_ids for r in got2] == [r.token_ids for r in ref[:2]]
@@ -90,10 +90,10 @@ def test_an_export_in_another_drop_order_and_prompt_depth_matches_torch(export_c
     ref = generate_ids(TorchBackend(loaded.model), PROMPTS, schedule, config, [2], 0, batch_size=4)
     got = generate_ids(rt.backend, PROMPTS, rt.schedule(), config, [2], 0, batch_size=4)
     assert [r.token_ids for r in got] == [r.token_ids for r in ref]
-    calls = rt.backend.calls
-    assert calls[0] == ("prefill", (0, 4), (0, 1, 2, 4, 5)) and schedule.prompt_layer_set() == (0, 1, 2, 4, 5)
-    assert [[l for l, (a, b) in enumerate(c[1]) if a < b] for c in calls[1:]] == [
-        list(schedule.layers_for_step(t)) for t in range(len(calls) - 1)]
+    prefill, decodes = split_calls(rt.backend.calls)
+    assert prefill == ((0, 4), (0, 1, 2, 4, 5)) and schedule.prompt_layer_set() == (0, 1, 2, 4, 5)
+    assert [[l for l, (a, b) in enumerate(c[1]) if a < b] for c in decodes] == [
+        list(schedule.layers_for_step(t)) for t in range(len(decodes))]
     fast = rt.schedule(speedup=3)
     assert (fast.drop_order, fast.prompt_layers) == (schedule.drop_order, 5) and fast.layers_at(0) < 4
     mixed = [schedule, fast, fast, schedule]

@@ -12,6 +12,7 @@ from skipdecode.runtime.bench import (
 )
 from skipdecode.runtime.costmodel import Machine, ModelShape, decode_layers
 from skipdecode.schedule import Schedule
+from tiny import split_calls
 
 FIELDS = ["backend", "batch_size", "speedup", "tokens_per_s", "ms_per_step", "mean_layers", "ideal_speedup",
           "measured_speedup", "efficiency"]
@@ -34,11 +35,11 @@ def test_loop_runner_times_every_decode_forward(tiny_models):
     assert [n for n, _ in t.steps] == decode_layers(sched, 7) == [5, 4, 3, 2, 2, 2]
     assert all(s > 0 for _, s in t.steps) and t.ttft_s > 0 and t.decode_s > 0
     # the layers the backend really ran: prefill at full depth, then the schedule's sets (no KV recomputed)
-    calls = runner.backend.inner.calls
-    assert calls[0] == ("prefill", (0, 3), tuple(range(6)))
-    assert [tuple(l for l, (a, b) in enumerate(c[1]) if a < b) for c in calls[1:]] == [
+    prefill, decodes = split_calls(runner.backend.inner.calls)
+    assert prefill == ((0, 3), tuple(range(6)))
+    assert [tuple(l for l, (a, b) in enumerate(c[1]) if a < b) for c in decodes] == [
         sched.layers_for_step(t) for t in range(6)]
-    assert all(r in ((0, 3), (0, 0)) for c in calls[1:] for r in c[1])  # lockstep: every row or none
+    assert all(r in ((0, 3), (0, 0)) for c in decodes for r in c[1])  # lockstep: every row or none
 
 
 @pytest.fixture

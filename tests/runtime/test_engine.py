@@ -56,8 +56,15 @@ def drive(eng, arrivals, check_rows=True):
         before = len(eng.backend.calls)
         lp, ld = eng.execute(plan)
         if plan.prefill is not None:  # one prompt layer set per prefill: each of its requests' own
-            (call,) = [c for c in eng.backend.calls[before:] if c[0] == "prefill"]
-            assert all(call[2] == r.schedule.prompt_layer_set() for r in plan.prefill.requests)
+            p = plan.prefill
+            calls = [c for c in eng.backend.calls[before:] if c[0] == "prefill"]
+            assert all(c[2] == r.schedule.prompt_layer_set() for c in calls for r in p.requests)
+            # the calls tile the prefill's rows; each is padded within the slack (or holds one prompt)
+            assert [c[1] for c in calls] == [(a, a + len(n)) for a, _, n in p.calls()]
+            assert calls[0][1][0] == p.start and calls[-1][1][1] == p.start + len(p.requests)
+            slack = eng.config.prefill_padding if eng.config.policy == "continuous" else float("inf")
+            for _, ids, n in p.calls():
+                assert len(n) == 1 or ids.shape[1] * len(n) <= (1 + slack) * n.sum(), (ids.shape, n)
         if check_rows and plan.decode is not None:
             ranges = eng.backend.calls[-1][1]
             for l, (a, b) in enumerate(ranges):
@@ -100,9 +107,9 @@ def arrivals_st(max_size):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(arrivals_st(9), st.integers(1, 5))
-def test_continuous_batching_equals_alone(arrivals, rows):
-    results = drive(engine(rows), arrivals)
+@given(arrivals_st(9), st.integers(1, 5), st.sampled_from([0.0, 0.25, float("inf")]))
+def test_continuous_batching_equals_alone(arrivals, rows, padding):
+    results = drive(engine(rows, prefill_padding=padding), arrivals)
     assert len(results) == len(arrivals)
     for _, req in arrivals:
         got = results[req.request_id]
@@ -190,9 +197,32 @@ def test_a_prefill_admits_only_newcomers_of_the_first_ones_prompt_layers():
             p = eng.last_plan.prefill
             prefills.append(([r.id for r in p.requests], p.layers))
     ids = [r.request_id for r in reqs]
-    assert prefills == [([ids[0], ids[2]], (0, 3, 4, 5)), ([ids[1], ids[3]], tuple(range(L)))]
+    assert prefills == [([ids[2], ids[0]], (0, 3, 4, 5)), ([ids[3], ids[1]], tuple(range(L)))]  # short first
     for r in reqs:
         assert eng.pop_result(r.request_id).token_ids == reference(r.prompt_ids, r.schedule, 6, ignore_eos=True)
+
+
+def test_a_burst_of_mixed_lengths_is_prefilled_in_calls_padded_to_their_own_longest():
+    s = Schedule.full(L)
+    lengths = [20, 3, 21, 4, 3]
+    reqs = [Request(list(range(5, 5 + n)), 4, s, ignore_eos=True) for n in lengths]
+    eng = engine(rows=5)
+    for r in reqs:
+        eng.add(r)
+    eng.step()
+    p = eng.last_plan.prefill
+    assert [len(r.request.prompt_ids) for r in p.requests] == [3, 3, 4, 20, 21]  # sorted: rows 0-4
+    assert [(a, ids.shape) for a, ids, _ in p.calls()] == [(0, (3, 4)), (3, (2, 21))]
+    assert [c[1] for c in eng.backend.calls if c[0] == "prefill"] == [(0, 3), (3, 5)]
+    while eng.has_work:
+        eng.step()
+    for r in reqs:
+        assert eng.pop_result(r.request_id).token_ids == reference(r.prompt_ids, s, 4, ignore_eos=True)
+    one = engine(rows=5, prefill_padding=float("inf"))  # one padded call, as the static batcher makes
+    for r in reqs:
+        one.add(Request(r.prompt_ids, 4, s, ignore_eos=True))
+    one.step()
+    assert [c[1] for c in one.backend.calls if c[0] == "prefill"] == [(0, 5)]
 
 
 def test_cancelling_frees_the_row():

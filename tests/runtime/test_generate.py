@@ -2,7 +2,7 @@
 
 import pytest
 
-from tiny import run_arrivals, solo_tokens
+from tiny import run_arrivals, solo_tokens, split_calls
 
 from skipdecode.errors import SkipDecodeError
 from skipdecode.models.backend import TorchBackend
@@ -38,8 +38,8 @@ def test_layer_calls_follow_the_schedule_and_kv_is_never_recomputed(tiny_models)
     backend = TorchBackend(model)
     cfg = GenerationConfig(max_new_tokens=8, ignore_eos=True)
     rows = generate_ids(backend, PROMPTS[:2], SKIP, cfg, [2], 0, batch_size=2)
-    assert backend.calls[0] == ("prefill", (0, 2), tuple(range(6)))  # prefill: every layer once
-    decodes = backend.calls[1:]
+    prefill, decodes = split_calls(backend.calls)
+    assert prefill == ((0, 2), tuple(range(6)))  # prefill: every layer once per row
     assert len(decodes) == 7  # 7 decode steps feed tokens 0..6; token 7 is not fed
     for t, (kind, ranges) in enumerate(decodes):
         assert kind == "decode"
@@ -139,6 +139,11 @@ def test_prefill_time_is_the_prompt_call_shared_across_its_rows(tiny_models, mon
             clock[0] += 1.0
             return super().decode(*a)
 
-    rows = generate_ids(Clocked(tiny_models["llama"][1].model), PROMPTS, SKIP,
+    prompts = [(p * 3)[:3] for p in PROMPTS]  # one length: one call per prefill
+    assert all(len(p) == 3 for p in prompts)
+    rows = generate_ids(Clocked(tiny_models["llama"][1].model), prompts, SKIP,
                         GenerationConfig(max_new_tokens=6, ignore_eos=True), eos_ids=[2], pad_id=0, batch_size=2)
     assert [r.prefill_s for r in rows] == [5.0] * 4  # two prefills of two rows (rows free together)
+    split = generate_ids(Clocked(tiny_models["llama"][1].model), [[5, 6], [5, 6, 7, 8, 9, 10, 11]], SKIP,
+                         GenerationConfig(max_new_tokens=6, ignore_eos=True), eos_ids=[2], pad_id=0, batch_size=2)
+    assert [r.prefill_s for r in split] == [10.0, 10.0]  # lengths 2 and 7: a call each, 10 s each
