@@ -191,6 +191,13 @@ def write_target(model, loaded, folder: Path, target: str, cfg: ExportConfig, ma
     return manifest
 
 
+def check_exportable(model, source) -> None:
+    """Refuse what the graphs cannot carry yet instead of dropping it: a checkpoint with entry
+    adapters (models/adapters.py) would export, and validate, as a different model."""
+    if getattr(model, "entry_adapters", None) is not None:
+        raise SkipDecodeError(f"{source}: entry adapters are not exported yet")
+
+
 def resolve_max_seq(cfg: ExportConfig, config) -> int:
     limit = config.max_position_embeddings
     if cfg.max_seq is None:
@@ -237,6 +244,7 @@ def export_model(spec: str, out: str | Path, cfg: ExportConfig = ExportConfig(),
 
         loaded = load_model(spec, "cpu", torch.float32)
     reference = loaded.model
+    check_exportable(reference, spec)
     max_seq = resolve_max_seq(cfg, reference.config)
     L = reference.config.num_layers
     if cfg.save_layers and not all(0 <= i < L for i in cfg.save_layers):

@@ -258,6 +258,8 @@ def verify_export(folder: str | Path, model=None, tokenizer=None, log=lambda s: 
         if not manifest.source:
             raise SkipDecodeError(f"{folder}: the manifest names no source model; pass --model")
         model = load_model(manifest.source).model
+    from skipdecode.export.exporter import check_exportable
+    check_exportable(model, "the reference model")
     if tokenizer is None:
         from skipdecode.tokenizer import Tokenizer
         tokenizer = Tokenizer.from_dir(folder) if (folder / "tokenizer.json").exists() else None

@@ -4,7 +4,8 @@ model side, so the runtime never imports torch.
 KV rows are right-padded like the exported graphs' (row r's position p at index p), and every
 call runs a contiguous range of rows, so the reference checks the engine's bookkeeping exactly as
 the ONNX Runtime and TensorRT backends do: a layer asked to write a position it has not reached,
-or one it already holds, raises.
+or one it already holds, raises. Entry adapters apply as in the model's own paths
+(``SkipLM.enter``): to the rows that run a layer without the one below.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from skipdecode.models.base import SkipLM
 from skipdecode.runtime.backend import Range
 from skipdecode.runtime.feeds import KVLengths, check_capacity
+from skipdecode.schedule import entries
 
 
 class TorchBackend:
@@ -56,7 +58,11 @@ class TorchBackend:
         mask = (valid[:, None, :] & causal[None]) | torch.eye(S, dtype=torch.bool, device=self.device)[None]
         mask = mask[:, None]  # (n, 1, S, S): a padding query sees itself, so no row is all-masked
         self.kv_lengths.prefill(start, lengths, layers)
+        entering = entries(layers)
         for l in layers:
+            if l in entering:
+                hidden = self.model.enter(l, hidden)
+
             def kv(k, v, l=l):  # k, v: (n, H_kv, S, D)
                 self.k[l][rows, :, :S], self.v[l][rows, :, :S] = k, v
                 return k, v
@@ -88,7 +94,14 @@ class TorchBackend:
                 return self.k[l][a:b, :, :T], self.v[l][a:b, :, :T]
 
             part_rope = None if rope is None else tuple(r[a:b] for r in rope)
-            out = self.model.decoder_layers[l](hidden[a:b], part_rope, mask, kv)
+            part = hidden[a:b]  # (n, 1, hidden)
+            if self.model.entry_adapters is not None:
+                a1, b1 = ranges[l - 1] if l > 0 else (a, b)  # the rows that ran layer l - 1
+                row = torch.arange(a, b, device=self.device)
+                enters = (row < a1) | (row >= b1)  # (n,) rows that run layer l but skipped l - 1
+                if bool(enters.any()):
+                    part = torch.where(enters[:, None, None], self.model.enter(l, part), part)
+            out = self.model.decoder_layers[l](part, part_rope, mask, kv)
             hidden = torch.cat([hidden[:a], out, hidden[b:]])
             self.kv_lengths.advance(l, a, b)
         return self.model.head(hidden[:, 0]).float().cpu().numpy()  # (B, V)

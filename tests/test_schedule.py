@@ -4,7 +4,7 @@ structure for every drop order and prompt depth, JSON."""
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from skipdecode.schedule import Schedule, even_order, paper_order
+from skipdecode.schedule import Schedule, entries, even_order, paper_order
 
 
 @st.composite
@@ -75,6 +75,23 @@ def test_layer_sets_are_nested_and_kv_safe_in_every_order(s):
         assert all(now <= before for before in ran), "a layer would read KV that an earlier position skipped"
         ran.append(now)
     assert Schedule.from_json(s.to_json()) == s and Schedule.from_dict(s.to_dict()) == s
+
+
+@settings(max_examples=200, deadline=None)
+@given(schedules())
+def test_entry_layers_are_where_the_family_re_enters(s):
+    """A family's entry layers (one entry adapter each) are exactly the layers that some layer set
+    of it, at any depth, runs without the layer below: every step's and the prompt's entries are
+    among them."""
+    found = set()
+    for n in range(s.num_layers + 1):
+        run = s.layer_set(n)
+        assert set(entries(run)) == {l for l in run if l > 0 and l - 1 not in run}
+        found |= set(entries(run))
+    assert s.entry_layers == tuple(sorted(found))
+    for layers in [s.prompt_layer_set()] + [s.layers_for_step(t) for t in range(s.window + 1)]:
+        assert set(entries(layers)) <= set(s.entry_layers)
+    assert Schedule.full(s.num_layers, **s.family()).entry_layers == s.entry_layers  # shared by the family
 
 
 def test_default_order_is_the_papers_and_serialises_as_before():

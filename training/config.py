@@ -48,6 +48,11 @@ class TrainConfig:
     """Examples longer than this (prompt + target tokens) are dropped, with a count."""
     distill_weight: float = 0.5
     """With a teacher: loss = (1 - w) * CE + w * KL(teacher || student) on target tokens."""
+    entry_adapter: str = "0"
+    """Entry adapters (models/adapters.py): before each layer a token enters from a skipped layer
+    below, its hidden state h becomes h + U V h (this rank; U zero-initialised, so the identity at
+    the start) or h + D h (full: a hidden x hidden D, zero-initialised), one per entry layer of the
+    schedule family, trained with the model and recorded in the checkpoint. 0: none."""
     mixed_precision: str = "auto"
     """auto, no (fp32), bf16 (autocast, fp32 master weights) or fp16. auto: bf16 on CUDA where
     supported; on a CPU bf16 only where it is native (AMX, AVX512-BF16) and measured clearly faster
@@ -75,6 +80,7 @@ class TrainConfig:
             raise ValueError("weight_decay and max_grad_norm must be >= 0")
         if not 0 <= self.distill_weight <= 1:
             raise ValueError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
+        _ = self.entry_adapter_rank  # parsed here so that a bad value fails before anything loads
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
 
@@ -82,6 +88,12 @@ class TrainConfig:
         if self.max_steps is not None:
             return self.max_steps
         return max(1, -(-int(self.epochs * batches_per_epoch) // self.grad_accum))
+
+    @property
+    def entry_adapter_rank(self) -> int | str | None:
+        """``entry_adapter`` parsed: None (none), a rank, or ``full``."""
+        from skipdecode.models.adapters import parse_rank  # torch: imported once a run is configured
+        return parse_rank(self.entry_adapter)
 
     def to_dict(self) -> dict:
         d = asdict(self)

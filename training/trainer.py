@@ -29,6 +29,7 @@ from skipdecode.errors import SkipDecodeError
 from skipdecode.models.loading import copy_tokenizer
 from skipdecode.io import atomic_write_text
 from skipdecode.models import load_model
+from skipdecode.models.adapters import ENTRY_ADAPTER
 from skipdecode.training import checkpoint as ckpt
 from skipdecode.training.config import TrainConfig
 from skipdecode.data import Example
@@ -131,6 +132,24 @@ class Trainer:
         self.model = loaded.model.train()
         self.sampler = self.make_sampler(self.model.num_layers, loaded.schedule)
         self.base_model = self.extra_info.get("base_model", spec)
+        self._setup_adapters(spec)
+
+    def _setup_adapters(self, spec: str) -> None:
+        """Entry adapters (``--entry-adapter``) at the schedule family's entry layers, the identity
+        at the start (a low-rank init drawn from the seed). A model that carries them already (the
+        checkpoint resumed, or one fine-tuned further) keeps its own, which must be the ones asked for."""
+        rank, have = self.cfg.entry_adapter_rank, self.model.entry_adapters
+        layers = self.sampler.saved().entry_layers
+        if have is None and rank is not None and self.resume_path is None:
+            self.model.add_entry_adapters(rank, layers, seed=self.cfg.seed)
+            return
+        if (have.rank if have is not None else None) != rank:
+            what = "no entry adapters" if have is None else f"entry adapters of rank {have.rank}"
+            raise SkipDecodeError(f"--entry-adapter {self.cfg.entry_adapter}: {spec} has {what} "
+                                  f"(give --entry-adapter {have.rank if have is not None else 0})")
+        if have is not None and not set(layers) <= set(have.layers):
+            raise SkipDecodeError(f"{spec}'s entry adapters cover layers {list(have.layers)}; this schedule "
+                                  f"family enters layers {list(layers)}")
 
     def _setup_accelerator(self) -> None:
         """The precision (``--mixed-precision auto``: measured on this machine at the model's sizes,
@@ -229,7 +248,9 @@ class Trainer:
         return state
 
     def info(self) -> dict:
+        adapters = self.unwrapped.entry_adapters
         return {**self.sampler.to_dict(), "base_model": self.base_model, "step": self.step,
+                **({ENTRY_ADAPTER: adapters.spec()} if adapters is not None else {}),
                 "distill_from": self.extra_info.get("distill_from"),
                 **{k: v for k, v in self.extra_info.items() if k not in ("base_model", "distill_from")}}
 

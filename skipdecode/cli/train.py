@@ -29,7 +29,8 @@ def add_arguments(p):
     g = p.add_argument_group("fine-tuning (TrainConfig, training/config.py)")
     length = g.add_mutually_exclusive_group(required=True)
     add_fields(length, TrainConfig, only=("max_steps", "epochs"))
-    add_fields(g, TrainConfig, exclude=("max_steps", "epochs"), choices={"mixed_precision": MIXED_PRECISION})
+    add_fields(g, TrainConfig, exclude=("max_steps", "epochs"), choices={"mixed_precision": MIXED_PRECISION},
+               metavars={"entry_adapter": "RANK"})
 
 
 def make_sampler(args):
@@ -90,9 +91,12 @@ def run(args) -> int:
     if split is not None and trainer.is_main and not args.resume:
         atomic_write_text(Path(args.out) / "split.json", json.dumps(split, indent=2, ensure_ascii=False) + "\n")
     if trainer.is_main:
+        adapters = trainer.unwrapped.entry_adapters
         print(f"skipdecode train: {len(trainer.pairs)} examples, {len(held)} held out, "
               f"{trainer.sampler.saved().describe()}"
               + (f" (range {args.speedup_range})" if args.speedup_range else "")
+              + (f", entry adapters of rank {adapters.rank} at layers {list(adapters.layers)}"
+                 if adapters is not None else "")
               + f", {trainer.total_steps} steps from step {trainer.step}", file=sys.stderr)
     result = trainer.run()
     if trainer.is_main:

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from skipdecode.models.backend import TorchBackend
-from skipdecode.runtime import Engine, EngineConfig, Request
 from skipdecode.schedule import Schedule
+from tiny import forward_vs_decoding
 
 SCHEDULES = [
     Schedule.full(6),
@@ -27,45 +27,11 @@ SCHEDULES = [
 ]
 
 
-def teacher_forced(backend, prompts, targets, schedule):
-    """Decode on the engine, feeding the targets instead of sampling; returns logits (B, N, V) at
-    the generated columns, and the left-padded ids and mask the training forward takes."""
-    B, N = len(prompts), targets.shape[1]
-    P = max(len(p) for p in prompts)
-    engine = Engine(backend, (), 0, EngineConfig(B, P + N), schedule)
-    for p in prompts:
-        engine.add(Request(p, N, schedule, ignore_eos=True))
-    out = []
-    for t in range(N):
-        plan = engine.schedule()
-        lp, ld = engine.execute(plan)
-        out.append(lp if plan.prefill is not None else ld)  # rows in prompt order: one depth, admission order
-        engine.update(plan, lp, ld, tokens=targets[:, t])
-    assert not engine.has_work
-    ids = np.zeros((B, P), dtype=np.int64)
-    mask = np.zeros((B, P), dtype=bool)
-    for i, p in enumerate(prompts):
-        ids[i, P - len(p):], mask[i, P - len(p):] = p, True
-    return np.stack(out, 1), ids, mask
-
-
 @pytest.mark.parametrize("name", ["llama", "qwen2", "opt", "opt-350m-style"])
 @pytest.mark.parametrize("schedule", SCHEDULES, ids=lambda s: s.describe())
 def test_training_forward_equals_step_by_step_decoding(tiny_models, name, schedule):
     _, loaded = tiny_models[name]
-    model = loaded.model
-    prompts = [[5, 9, 14, 3, 22], [31, 4], [7, 7, 7]]
-    rng = np.random.default_rng(0)
-    N = 9
-    targets = rng.integers(3, 96, (3, N))
-    stepwise, ids, mask = teacher_forced(TorchBackend(model), prompts, targets, schedule)
-    P = ids.shape[1]
-    full_ids = torch.from_numpy(np.concatenate([ids, targets], 1))
-    full_mask = torch.from_numpy(np.concatenate([mask, np.ones_like(targets, dtype=bool)], 1))
-    with torch.no_grad():
-        logits, _ = model(full_ids, full_mask, schedule=schedule, prompt_len=P)
-    train = logits[:, P - 1:P - 1 + N].numpy()  # column P-1+t predicts target t
-    assert np.abs(train - stepwise).max() < 1e-4
+    assert forward_vs_decoding(loaded.model, schedule) < 1e-4
 
 
 def test_skip_schedule_changes_the_logits(tiny_models):

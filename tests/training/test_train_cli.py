@@ -61,6 +61,17 @@ def test_drop_order_and_prompt_depth_are_trained_and_recorded(train_llama, tmp_p
     assert all(d.keep_order == saved.keep_order and d.prompt_depth == max(3, d.layers_at(0)) for d in draws)
 
 
+def test_entry_adapter_flag_trains_and_records_them(train_llama, tmp_path, capsys):
+    data = write_e2e(tmp_path / "d.csv", e2e_rows(4))
+    out = tmp_path / "out"
+    code, err = run(capsys, "--model", train_llama, "--data", data, "--out", out, "--speedup", 3, "--window", 8,
+                    "--entry-adapter", "full", "--max-steps", 1, "--batch-size", 4, "--no-progress")
+    assert code == 0, err
+    assert "entry adapters of rank full at layers [2, 3, 4, 5]" in err
+    info = json.loads((out / "final" / "skipdecode.json").read_text())
+    assert info["entry_adapter"] == {"rank": "full", "layers": [2, 3, 4, 5]}
+
+
 @pytest.mark.parametrize("rows, argv, message", [
     ([("w3 w4", "w5"), ("w6", "")], [], "d.csv:3: missing or empty field 'ref'"),
     ([("w3", "w4")], ["--speedup-range", "3"], "--speedup-range '3': expected A:B"),
@@ -71,6 +82,7 @@ def test_drop_order_and_prompt_depth_are_trained_and_recorded(train_llama, tmp_p
     ([("w3", "w4")], ["--resume"], "--resume: no checkpoint"),
     ([("w3", "w4")], ["--speedup", "2", "--drop-order", "1,2,3"], "drop_order must list each droppable layer once"),
     ([("w3", "w4")], ["--speedup", "2", "--prompt-layers", "7"], "prompt_layers must be an integer in [1, num_layers=6]"),
+    ([("w3", "w4")], ["--entry-adapter", "x"], "entry_adapter must be 0 (none), a positive rank or 'full', got 'x'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(train_llama, tmp_path, capsys, rows, argv, message):
     data = write_e2e(tmp_path / "d.csv", rows)

@@ -132,6 +132,46 @@ def test_resume_after_ctrl_c_matches_one_run(train_llama, tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]  # the resumed log continues, without duplicates
 
 
+def test_entry_adapters_train_save_load_and_resume(train_llama, tmp_path):
+    """--entry-adapter: identity-initialised adapters at the family's entry layers train with the
+    rest (matrices: weight decay), are recorded in skipdecode.json and recreated by load_model with
+    the same logits; a resumed run ends with an uninterrupted run's weights, adapters included."""
+    examples = load_examples([write_e2e(tmp_path / "d.csv", e2e_rows(8))])
+    sampler = lambda L, t: ScheduleSampler.for_range(L, 1.5, 3, window=8, drop_order=(2, 4, 1, 5, 3))  # noqa: E731
+    kw = dict(max_steps=4, batch_size=4, weight_decay=0.1, entry_adapter="4")
+    trainer = Trainer(config(tmp_path / "one", **kw), str(train_llama), examples, [], sampler).setup()
+    adapters = trainer.unwrapped.entry_adapters
+    assert adapters.spec() == {"rank": 4, "layers": [3, 5]}  # the order's entry layers
+    decayed = {id(p) for p in trainer.optimizer.param_groups[0]["params"]}
+    assert all(id(p) in decayed for p in adapters.parameters())
+    one = trainer.run()
+    info = json.loads((one.checkpoint / "skipdecode.json").read_text())
+    assert info["entry_adapter"] == {"rank": 4, "layers": [3, 5]}
+    assert final_weights(one.checkpoint)["entry_adapters.3.up.weight"].abs().max() > 0  # trained off the identity
+    loaded = load_model(str(one.checkpoint))
+    ids = torch.randint(3, 96, (2, 10), generator=torch.Generator().manual_seed(0))
+    schedule = trainer.sampler.sample(trainer.rng)
+    with torch.no_grad():
+        want, _ = trainer.unwrapped.eval()(ids, schedule=schedule, prompt_len=4)
+        got, _ = loaded.model(ids, schedule=schedule, prompt_len=4)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+    def ctrl_c(t):
+        if t.step == 2:
+            signal.raise_signal(signal.SIGINT)
+
+    first = Trainer(config(tmp_path / "two", **kw), str(train_llama), examples, [], sampler).run(hooks=[ctrl_c])
+    assert first.interrupted and first.step == 2
+    with pytest.raises(SkipDecodeError, match=r"--entry-adapter 0: .* has entry adapters of rank 4 \(give --entry-adapter 4\)"):
+        Trainer(config(tmp_path / "two", **{**kw, "entry_adapter": "0"}), str(train_llama), examples, [], sampler,
+                resume=True).setup()
+    second = Trainer(config(tmp_path / "two", **kw), str(train_llama), examples, [], sampler, resume=True).run()
+    a, b = final_weights(one.checkpoint), final_weights(second.checkpoint)
+    assert a.keys() == b.keys() and "entry_adapters.5.down.weight" in a
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
 def test_checkpoint_loads_in_transformers(train_qwen2, e2e_file, tmp_path):
     """Tied embeddings (lm_head dropped on save) and the HF layout: transformers and load_model
     give the same full-schedule logits."""
