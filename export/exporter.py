@@ -25,7 +25,7 @@ from skipdecode.export import ort_graphs, torch_graphs
 from skipdecode.export.contract import EMBED, LM_HEAD, TARGETS, TOP_K, graph_file, layer_file
 from skipdecode.models.loading import EMBEDDED
 from skipdecode.runtime.manifest import GraphEntry, Graphs, Manifest
-from skipdecode.schedule import SCHEDULE_FILE
+from skipdecode.schedule import read_schedule_file, write_schedule_file
 
 DTYPES = {"float32": (torch.float32, np.float32), "float16": (torch.float16, np.float16)}
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GiB limit, with margin
@@ -142,8 +142,8 @@ def write_target(model, loaded, folder: Path, target: str, cfg: ExportConfig, ma
     from skipdecode.models.loading import copy_tokenizer
 
     tokenizer_files = copy_tokenizer(loaded.path, folder)
-    if loaded.schedule is not None:
-        (folder / SCHEDULE_FILE).write_text(json.dumps({"schedule": loaded.schedule.to_dict()}, indent=2))
+    if loaded.schedule is not None:  # with the checkpoint's facts (training, a `skipdecode tune` record)
+        write_schedule_file(folder, loaded.schedule, read_schedule_file(loaded.path)[1])
     import onnxruntime
     import onnxscript
 

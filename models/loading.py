@@ -32,7 +32,8 @@ class LoadedModel:
     path: Path
     """The HF-format folder the weights came from (the cache folder for GGUF)."""
     schedule: Schedule | None
-    """The schedule the checkpoint was fine-tuned under (skipdecode.json), if any."""
+    """The checkpoint's own schedule (skipdecode.json): the one it was fine-tuned under, or the one
+    `skipdecode tune` chose for it; None: it has none."""
 
 
 

@@ -55,10 +55,12 @@ def open_backend(path: str | Path, backend: str = "onnxruntime", device: str = "
 
 
 class Runtime:
-    def __init__(self, backend, tokenizer: Tokenizer, trained_schedule: Schedule | None = None):
+    def __init__(self, backend, tokenizer: Tokenizer, own_schedule: Schedule | None = None):
         self.backend = backend
         self.tokenizer = tokenizer
-        self.trained_schedule = trained_schedule
+        self.own_schedule = own_schedule
+        """The export's own schedule (its manifest's): the one its checkpoint was fine-tuned under, or
+        the one `skipdecode tune` chose for it; None: full depth."""
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "onnxruntime", device: str = "cpu",
@@ -82,13 +84,13 @@ class Runtime:
         if schedule is not None:
             return schedule
         if speedup is not None:
-            family = (like or self.trained_schedule or Schedule.full(self.num_layers)).family()
+            family = (like or self.own_schedule or Schedule.full(self.num_layers)).family()
             try:
                 return Schedule.full(self.num_layers, **family) if speedup == 1 else Schedule.for_speedup(
                     self.num_layers, speedup, window, **family)
             except ValueError as e:
                 raise SkipDecodeError(f"speedup {speedup:g}: {e}") from None
-        return self.trained_schedule or Schedule.full(self.num_layers)
+        return self.own_schedule or Schedule.full(self.num_layers)
 
     def engine(self, config: EngineConfig = EngineConfig()) -> Engine:
         """A continuous-batching engine over this runtime's backend, tokenizer and schedule."""

@@ -118,7 +118,8 @@ class Manifest:
     kv_layout: dict
     position_offset: int
     schedule: Schedule | None
-    """The schedule the checkpoint was fine-tuned under (its skipdecode.json), if any."""
+    """The checkpoint's own schedule (its skipdecode.json's ``schedule``: the one it was fine-tuned
+    under, or the one `skipdecode tune` chose), if any."""
     tokenizer_files: list[str]
     exporter: dict
     """Library versions, how each graph was built, seconds."""

@@ -167,11 +167,9 @@ def group_examples(examples: Sequence[Example], limit: int | None = None) -> lis
     return grouped[:limit] if limit else grouped
 
 
-def load_heldout(run: str | Path, limit: int | None = None) -> list[EvalExample]:
-    """The prompts a training run held out (``RUN/split.json``: its data files and held-out groups),
-    references grouped: the dev slice to choose settings on without touching the test set. E2E
-    groups are whole MRs (clean-devel rows join the devset MR they were corrected from), so a
-    held-out group can bring two spellings of its MR, each scored as its own input."""
+def read_split(run: str | Path) -> tuple[Path, list, set[str], dict]:
+    """A training run's ``RUN/split.json``: (the file, its data files, its held-out groups, the
+    format fields ``load_examples`` reads those files with)."""
     file, split = read_json(run, "split.json",
                             "{file}: no such file (a `skipdecode train` run folder with a held-out split)")
     try:
@@ -182,6 +180,15 @@ def load_heldout(run: str | Path, limit: int | None = None) -> list[EvalExample]
         raise SkipDecodeError(f"{file}: not a training split ({type(e).__name__}: {e})") from None
     if not groups:
         raise SkipDecodeError(f"{file}: the run held nothing out (train with --holdout)")
+    return file, data, groups, fields
+
+
+def load_heldout(run: str | Path, limit: int | None = None) -> list[EvalExample]:
+    """The prompts a training run held out (``RUN/split.json``: its data files and held-out groups),
+    references grouped: the dev slice to choose settings on without touching the test set. E2E
+    groups are whole MRs (clean-devel rows join the devset MR they were corrected from), so a
+    held-out group can bring two spellings of its MR, each scored as its own input."""
+    file, data, groups, fields = read_split(run)
     held = [e for e in load_examples(data, **fields) if e.group in groups]
     if not held:
         raise SkipDecodeError(f"{file}: none of its held-out groups are in {', '.join(map(str, data))}")

@@ -38,12 +38,17 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from skipdecode.errors import SkipDecodeError
+from skipdecode.io import atomic_write_text
 
 DECAYS = ("linear", "power")
 DROP_ORDERS = ("paper", "even")
 """Named drop orders: ``paper`` (the default) and ``even`` (see :func:`even_order`)."""
 SCHEDULE_FILE = "skipdecode.json"
-"""Beside a fine-tuned checkpoint (and in its exports): ``{"schedule": {...}, ...training facts}``."""
+"""Beside a fine-tuned checkpoint (and in its exports): ``{"schedule": {...}, ...training facts}``.
+``schedule`` is the one every command runs by default: the schedule the checkpoint was fine-tuned
+under, or the one `skipdecode tune` chose, which then keeps the former as ``trained_schedule``."""
+TRAINED_SCHEDULE = "trained_schedule"
+"""skipdecode.json's key for the schedule a tuned checkpoint was fine-tuned under."""
 
 
 @dataclass(frozen=True)
@@ -400,3 +405,24 @@ def read_schedule_file(folder: str | Path) -> tuple[Schedule | None, dict]:
         return (Schedule.from_dict(raw) if raw else None), {k: v for k, v in data.items() if k != "schedule"}
     except (json.JSONDecodeError, TypeError, ValueError) as e:
         raise SkipDecodeError(f"{file}: invalid schedule ({e})") from None
+
+
+def read_trained_schedule(folder: str | Path) -> Schedule | None:
+    """The schedule ``folder``'s checkpoint was fine-tuned under: skipdecode.json's
+    ``trained_schedule`` once `skipdecode tune` has replaced its ``schedule``, else ``schedule``
+    (what resuming or extending the training must match)."""
+    schedule, facts = read_schedule_file(folder)
+    if TRAINED_SCHEDULE not in facts:
+        return schedule
+    try:
+        return Schedule.from_dict(facts[TRAINED_SCHEDULE]) if facts[TRAINED_SCHEDULE] else None
+    except (TypeError, ValueError) as e:
+        raise SkipDecodeError(f"{Path(folder) / SCHEDULE_FILE}: invalid {TRAINED_SCHEDULE} ({e})") from None
+
+
+def write_schedule_file(folder: str | Path, schedule: Schedule | None, facts: dict) -> Path:
+    """Write ``folder``'s skipdecode.json (atomically): ``schedule`` first, then the other facts."""
+    file = Path(folder) / SCHEDULE_FILE
+    data = {"schedule": schedule.to_dict() if schedule is not None else None, **facts}
+    atomic_write_text(file, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    return file

@@ -4,7 +4,9 @@ structure for every drop order and prompt depth, JSON."""
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from skipdecode.schedule import Schedule, entries, even_order, paper_order
+from skipdecode.errors import SkipDecodeError
+from skipdecode.schedule import (Schedule, entries, even_order, paper_order, read_schedule_file,
+                                 read_trained_schedule, write_schedule_file)
 
 
 @st.composite
@@ -198,3 +200,19 @@ def test_json_round_trip():
     assert Schedule.from_json(s.to_json()) == s
     with pytest.raises(ValueError, match="unknown schedule fields"):
         Schedule.from_dict({**s.to_dict(), "foo": 1})
+
+
+def test_a_tuned_schedule_file_keeps_the_trained_schedule(tmp_path):
+    """skipdecode.json's ``schedule`` is what commands run; ``trained_schedule``, once `tune` has
+    written one, is what training resumes under (null: a checkpoint trained without one)."""
+    trained, tuned = Schedule.for_speedup(6, 2, 8), Schedule.constant(6, 3)
+    write_schedule_file(tmp_path, trained, {"step": 4})
+    assert read_schedule_file(tmp_path) == (trained, {"step": 4}) and read_trained_schedule(tmp_path) == trained
+    write_schedule_file(tmp_path, tuned, {"step": 4, "trained_schedule": trained.to_dict()})
+    assert read_schedule_file(tmp_path)[0] == tuned and read_trained_schedule(tmp_path) == trained
+    write_schedule_file(tmp_path, tuned, {"trained_schedule": None})
+    assert read_trained_schedule(tmp_path) is None
+    write_schedule_file(tmp_path, tuned, {"trained_schedule": {"num_layers": 6}})
+    with pytest.raises(SkipDecodeError, match="invalid trained_schedule"):
+        read_trained_schedule(tmp_path)
+    assert read_trained_schedule(tmp_path / "none") is None

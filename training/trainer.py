@@ -33,6 +33,7 @@ from skipdecode.models.adapters import ENTRY_ADAPTER
 from skipdecode.training import checkpoint as ckpt
 from skipdecode.training.config import TrainConfig
 from skipdecode.data import Example
+from skipdecode.schedule import read_trained_schedule
 from skipdecode.training.batches import BatchStream, collate, tokenize
 from skipdecode.training.evaluate import batch_loss, dev_loss, distill_kl, greedy_samples, spread
 from skipdecode.training.loop import LossWindow, graceful_interrupt
@@ -130,7 +131,8 @@ class Trainer:
         self.tokenizer = loaded.tokenizer
         self.tokenizer_dir = self._write_tokenizer(loaded.path)
         self.model = loaded.model.train()
-        self.sampler = self.make_sampler(self.model.num_layers, loaded.schedule)
+        # what it was trained under, not a schedule `skipdecode tune` chose for it since (a resume must match)
+        self.sampler = self.make_sampler(self.model.num_layers, read_trained_schedule(loaded.path))
         self.base_model = self.extra_info.get("base_model", spec)
         self._setup_adapters(spec)
 

@@ -15,6 +15,7 @@ COMMANDS = {
     "demo": ("demo", "the main job: fine-tune SmolLM2 under a skip schedule, export, serve on ONNX Runtime, score"),
     "generate": ("generate", "generate with the PyTorch reference under a skip schedule"),
     "train": ("train", "fine-tune a model under a skip schedule (E2E CSV or JSONL data)"),
+    "tune": ("tune", "choose a checkpoint's schedule at a target realised speedup on held-out dev data"),
     "export": ("export", "export per-layer ONNX graphs (embed, layers, lm_head) with a validated manifest"),
     "run": ("run", "generate through an export with ONNX Runtime or TensorRT (no torch needed)"),
     "build-engines": ("build_engines", "build TensorRT engines from a --target tensorrt export"),

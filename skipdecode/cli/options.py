@@ -154,3 +154,14 @@ def summary(run: GenerationRun, schedule: Schedule | list[Schedule]) -> str:
     L = schedules[0].num_layers
     return (f"{what}: {tokens} tokens in {elapsed:.2f} s = {tokens / elapsed:.1f} tokens/s, "
             f"mean layers {layers:.2f} (layer speedup {L / max(layers, 1e-9):.2f}x)")
+
+
+def set_torch_threads(threads: int | None) -> None:
+    """--threads of the torch commands: torch's intra-op threads (None: torch's default, one per core)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise SkipDecodeError(f"--threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)

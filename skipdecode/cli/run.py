@@ -25,8 +25,8 @@ def run(args) -> int:
     rows_in = options.read_rows(args)
     config = options.generation_config(args)
     rt = Runtime.load(args.export, args.backend, args.device, threads=args.threads)
-    default = options.build_schedule(args, rt.num_layers, rt.trained_schedule)
-    window = args.window if args.window is not None else (rt.trained_schedule.window if rt.trained_schedule else 32)
+    default = options.build_schedule(args, rt.num_layers, rt.own_schedule)
+    window = args.window if args.window is not None else (rt.own_schedule.window if rt.own_schedule else 32)
     schedules = options.row_schedules(rows_in, default, lambda s: rt.schedule(
         speedup=s, window=window, like=default))
     news = [int(r.get("max_new_tokens") or config.max_new_tokens) for r in rows_in]

@@ -59,11 +59,7 @@ def run(args) -> int:
     from skipdecode.data import load_examples, split_heldout
     from skipdecode.training.trainer import Trainer
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise SkipDecodeError(f"--threads must be >= 1, got {args.threads}")
-        import torch
-        torch.set_num_threads(args.threads)
+    options.set_torch_threads(args.threads)
     if args.distill_from is None and args.distill_weight != TrainConfig.distill_weight:
         raise SkipDecodeError("--distill-weight needs --distill-from")
     if args.speedup_range:  # fail on a malformed range before loading anything
