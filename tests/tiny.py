@@ -156,14 +156,14 @@ def teacher_forced(backend, prompts, targets, schedule):
 
     B, N = len(prompts), targets.shape[1]
     P = max(len(p) for p in prompts)
-    engine = Engine(backend, (), 0, EngineConfig(B, P + N), schedule)
+    engine = Engine(backend, (), 0, EngineConfig(B, P + N, prefill_padding=float("inf")), schedule)  # one call
     for p in prompts:
         engine.add(Request(p, N, schedule, ignore_eos=True))
     out = []
     for t in range(N):
         plan = engine.schedule()
         lp, ld = engine.execute(plan)
-        out.append(lp if plan.prefill is not None else ld)  # rows in prompt order: one depth, admission order
+        out.append(lp if plan.prefill is not None else ld)  # rows in prompt order: one depth, arrival order
         engine.update(plan, lp, ld, tokens=targets[:, t])
     assert not engine.has_work
     ids = np.zeros((B, P), dtype=np.int64)
