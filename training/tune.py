@@ -140,7 +140,7 @@ def tune(model, tokenizer, held: Sequence[Example], family: Schedule, config: Tu
         proxy_loss(again)
         generate(again)
         candidates.append(again)
-    chosen, met_on = select(candidates, S)
+    chosen, met_on = select(candidates, S, config.shortfall)
     chosen.chosen = True
     return TuneResult(candidates, chosen, met_on, family, heldout, len(proxy), len(prompts), config)
 

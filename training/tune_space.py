@@ -45,6 +45,8 @@ class TuneConfig:
     """Exponents of the power candidates (above 1 drops layers sooner)."""
     prompt_depths: tuple[str, ...] = ("trained", "full")
     """Prompt depths tried with every candidate: trained (the checkpoint's own), full (every layer), step0 (n_0 layers: a cheaper prefill the model must have been trained with)."""
+    shortfall: float = 0.1
+    """A finalist may realise up to this fraction below the target on its own outputs and still be chosen: skip outputs often end sooner than the references, so a decaying schedule solved on the references' lengths realises a little less, and insisting on the exact target picks whatever reaches it however badly it writes (0: the exact target)."""
     proxy_pairs: int = 64
     """Held-out (prompt, reference) pairs of the proxy: teacher-forced dev loss under every candidate."""
     finalists: int = 4
@@ -69,6 +71,8 @@ class TuneConfig:
             raise ValueError(f"target speedup must be > 1 (1 is full depth), got {self.target_speedup:g}")
         if self.tolerance < 0:
             raise ValueError(f"tolerance must be >= 0, got {self.tolerance:g}")
+        if not 0 <= self.shortfall < 1:
+            raise ValueError(f"shortfall must be in [0, 1), got {self.shortfall:g}")
         for name, values, known in (("shapes", self.shapes, SHAPES), ("prompt depths", self.prompt_depths,
                                                                       PROMPT_DEPTHS)):
             bad = [v for v in values if v not in known]
@@ -239,19 +243,20 @@ def pick_finalists(candidates: Sequence[Candidate], k: int) -> list[Candidate]:
     return sorted(chosen, key=lambda c: c.proxy_loss)
 
 
-def select(candidates: Sequence[Candidate], target: float) -> tuple[Candidate, str]:
-    """The best ROUGE-L among the scored eligible candidates that meet ``target`` on the lengths
-    they generated (ties: the lower proxy loss); when none does, among those meeting it on the
-    references' lengths. Returns (candidate, which lengths it met the target on).
+def select(candidates: Sequence[Candidate], target: float, shortfall: float = 0.0) -> tuple[Candidate, str]:
+    """The best ROUGE-L among the scored eligible candidates that reach ``target * (1 - shortfall)``
+    on the lengths they generated (ties: the lower proxy loss); when none does, among those
+    reaching it on the references' lengths. Returns (candidate, which lengths it met the target on).
 
     >>> a = Candidate(Schedule.constant(6, 3), "static", ref_speedup=2.0, proxy_loss=2.0, gen_speedup=2.0, rouge_l=40.0)
     >>> b = Candidate(Schedule(6, 4, 2, 8), "linear", ref_speedup=2.1, proxy_loss=1.0, gen_speedup=1.9, rouge_l=50.0)
-    >>> select([a, b], 2.0)[0] is a
-    True
+    >>> select([a, b], 2.0)[0] is a, select([a, b], 2.0, shortfall=0.1)[0] is b
+    (True, True)
     """
     scored = [c for c in candidates if c.eligible and c.rouge_l is not None]
+    floor = target * (1 - shortfall)
     for basis, speed in (("generated", lambda c: c.gen_speedup), ("references", lambda c: c.ref_speedup)):
-        meeting = [c for c in scored if speed(c) is not None and speed(c) >= target - EPS]
+        meeting = [c for c in scored if speed(c) is not None and speed(c) >= floor - EPS]
         if meeting:
             return max(meeting, key=lambda c: (c.rouge_l, -(c.proxy_loss if c.proxy_loss is not None else math.inf))), basis
     raise ValueError(f"no scored candidate realises {target:g}x")

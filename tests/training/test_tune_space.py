@@ -144,3 +144,9 @@ def test_the_choice_is_the_best_rouge_meeting_the_target():
     assert select([slow_best, full, fallback], target) == (slow_best, "references")
     with pytest.raises(ValueError):
         select([full, cand("linear", 1.0, rouge=40.0, gen=1.8, ref=1.9)], target)
+    # a shortfall lets a finalist that writes well but ends a little sooner win over one that
+    # reaches the target by writing badly (the demo checkpoint: linear 39.4 at 2.79x, static 24.4 at 3.00x)
+    bad_static = cand("static", 2.3, rouge=24.4, gen=2.0)
+    assert select([slow_best, bad_static], target)[0] is bad_static
+    assert select([slow_best, bad_static], target, shortfall=0.05)[0] is slow_best  # 1.95 >= 1.9
+    assert select([slow_best, bad_static], target, shortfall=0.02)[0] is bad_static  # 1.95 < 1.96
