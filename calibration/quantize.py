@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from skipdecode.errors import SkipDecodeError
-from skipdecode.export.contract import EMBED, LM_HEAD, TARGETS, graph_name, layer_index
+from skipdecode.export.contract import EMBED, LM_HEAD, TARGETS, adapter_index, adapter_name, graph_name, layer_index
 from skipdecode.io import atomic_dir
 from skipdecode.runtime.manifest import MANIFEST, GraphEntry, Graphs, Manifest, load_manifest, sha256_file
 from skipdecode.schedule import SCHEDULE_FILE, Schedule
@@ -42,6 +42,7 @@ CALIBRATION_METHODS = ("minmax", "percentile")
 FP32_HEAD = ("kept fp32: the head's rounding errors change the emitted token directly "
              "(--head quantized to quantize it)")
 FP32_EMBED = "kept fp32: a Gather reads B rows per step, quantizing it saves file size only (--embed quantized)"
+FP32_ADAPTER = "kept fp32: an entry adapter (one or two small MatMuls on the entering rows), carried unchanged"
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,17 @@ def _smooth(src: Path, tmp: Path, feeds, alpha: float) -> tuple[Path, str]:
     return tmp, note + "; "
 
 
+def _kept_fp32(graph: str, config: QuantConfig) -> str | None:
+    """Why graph ``graph`` is copied unchanged, or None when it is quantized."""
+    if adapter_index(graph) is not None:
+        return FP32_ADAPTER
+    if graph == LM_HEAD and config.head == "fp32":
+        return FP32_HEAD
+    if graph == EMBED and config.embed == "fp32":
+        return FP32_EMBED
+    return None
+
+
 def quantize_export(export_dir: str | Path, out: str | Path, config: QuantConfig, shards=None,
                     overwrite: bool = False, check_prompts: list[list[int]] | None = None,
                     check_tokens: int = 16, threads: int | None = None, log=None, data: str | None = None) -> Manifest:
@@ -264,10 +276,11 @@ def quantize_export(export_dir: str | Path, out: str | Path, config: QuantConfig
         graphs = src_m.named_graphs()
         for graph, entry in tqdm(graphs, desc=f"quantize {config.method}", unit="graph", file=sys.stderr, leave=False):
             name = entry.file
-            if (graph == LM_HEAD and config.head == "fp32") or (graph == EMBED and config.embed == "fp32"):
+            keep = _kept_fp32(graph, config)
+            if keep is not None:
                 for f in entry.sha256:
                     shutil.copy2(source / f, tmp / f)
-                new = replace(entry, precision=FP32_HEAD if graph == LM_HEAD else FP32_EMBED)
+                new = replace(entry, precision=keep)
             else:
                 if len(entry.sha256) > 1:
                     raise SkipDecodeError(f"{source / name}: graphs with external data are not supported here")
@@ -284,7 +297,8 @@ def quantize_export(export_dir: str | Path, out: str | Path, config: QuantConfig
             if (source / f).is_file():
                 shutil.copy2(source / f, tmp / f)
         layers = [entries[graph_name(i)] for i in range(src_m.num_layers)]
-        manifest = replace(src_m, graphs=Graphs(entries[EMBED], entries[LM_HEAD], layers),
+        adapters = [entries[adapter_name(l)] for l in src_m.adapter_graphs()] if src_m.entry_adapter else None
+        manifest = replace(src_m, graphs=Graphs(entries[EMBED], entries[LM_HEAD], layers, adapters),
                            quantization=_record(config, target, source, src_m, shards, choices, warning, data,
                                                 time.perf_counter() - t0))
         manifest.save(tmp)

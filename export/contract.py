@@ -18,6 +18,9 @@ layer_NNN.onnx, target tensorrt (standard ONNX ops only):
     row b's valid cached keys (the new tokens go to [write_index, write_index + S)),
     positions (B, S) int64
     -> hidden_out (B, S, hidden), new_key / new_value (B, H_kv, S, D) for the runtime to scatter.
+adapter_NNN.onnx (a checkpoint with entry adapters, models/adapters.py; standard ops, fp32 or the
+    export's dtype): hidden (B, S, hidden) -> hidden_out (B, S, hidden) = hidden + (hidden V^T) U^T
+    (rank r) or hidden + hidden D^T (rank full): run on the rows that enter layer NNN, just before it.
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ LAYER_OUTPUTS = {
     "onnxruntime": ("hidden_out", "present_key", "present_value"),
     "tensorrt": ("hidden_out", "new_key", "new_value"),
 }
+ADAPTER_INPUTS = ("hidden",)
+ADAPTER_OUTPUTS = ("hidden_out",)
+ADAPTERS_ONNXRUNTIME_ONLY = "entry adapters run on ONNX Runtime only for now"
+"""Why the TensorRT target refuses a checkpoint (or export) with entry adapters."""
 TOP_K = 64
 """K of lm_head's top-k outputs (sampling with top_k <= K needs only these on the host)."""
 
@@ -54,12 +61,27 @@ def graph_name(layer: int) -> str:
     return f"layer_{layer:03d}"
 
 
+def adapter_name(layer: int) -> str:
+    """The one name of the entry-adapter graph applied just before layer ``layer``.
+
+    >>> adapter_name(3), adapter_index("adapter_003"), adapter_index("layer_003"), layer_index("adapter_003")
+    ('adapter_003', 3, None, None)
+    """
+    return f"adapter_{layer:03d}"
+
+
+def adapter_index(name: str) -> int | None:
+    """The inverse of ``adapter_name``: the layer an adapter graph enters, None for other graphs."""
+    return int(name[8:]) if name.startswith("adapter_") and name[8:].isdigit() else None
+
+
 def layer_index(name: str) -> int | None:
-    """The inverse of ``graph_name``: the layer of a graph name, None for embed and lm_head."""
-    if name in (EMBED, LM_HEAD):
+    """The inverse of ``graph_name``: the layer of a graph name, None for embed, lm_head and the
+    entry adapters (``adapter_index``)."""
+    if name in (EMBED, LM_HEAD) or adapter_index(name) is not None:
         return None
     if not (name.startswith("layer_") and name[6:].isdigit()):
-        raise ValueError(f"{name!r} is not a graph name (embed, lm_head or layer_NNN)")
+        raise ValueError(f"{name!r} is not a graph name (embed, lm_head, layer_NNN or adapter_NNN)")
     return int(name[6:])
 
 

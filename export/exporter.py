@@ -1,4 +1,5 @@
-"""`skipdecode export`: a model to embed.onnx, layer_NNN.onnx, lm_head.onnx and manifest.json.
+"""`skipdecode export`: a model to embed.onnx, layer_NNN.onnx, lm_head.onnx and manifest.json
+(and adapter_NNN.onnx for a checkpoint with entry adapters).
 
 The export is written to a temporary folder beside ``out``, validated there, and renamed into
 place only when every check passed, so a failed or interrupted export never leaves a half-written
@@ -22,7 +23,8 @@ from tqdm import tqdm
 from skipdecode.errors import SkipDecodeError
 from skipdecode.io import atomic_dir
 from skipdecode.export import ort_graphs, torch_graphs
-from skipdecode.export.contract import EMBED, LM_HEAD, TARGETS, TOP_K, graph_file, layer_file
+from skipdecode.export.contract import (ADAPTERS_ONNXRUNTIME_ONLY, EMBED, LM_HEAD, TARGETS, TOP_K, adapter_name,
+                                        graph_file, layer_file)
 from skipdecode.models.loading import EMBEDDED
 from skipdecode.runtime.manifest import GraphEntry, Graphs, Manifest
 from skipdecode.schedule import read_schedule_file, write_schedule_file
@@ -139,6 +141,11 @@ def write_target(model, loaded, folder: Path, target: str, cfg: ExportConfig, ma
     for i, g in enumerate(tqdm(layer_iter, total=c.num_layers, desc=f"export {target} layers", file=sys.stderr,
                                leave=False)):
         layers.append(save_graph(g, folder, layer_file(i)))
+    adapters = model.entry_adapters
+    adapter_entries = None if adapters is None else [
+        save_graph(ort_graphs.adapter_graph(adapters[str(l)], c.hidden_size, np_dtype, cfg.opset), folder,
+                   graph_file(adapter_name(l)))
+        for l in adapters.layers]
     from skipdecode.models.loading import copy_tokenizer
 
     tokenizer_files = copy_tokenizer(loaded.path, folder)
@@ -183,19 +190,21 @@ def write_target(model, loaded, folder: Path, target: str, cfg: ExportConfig, ma
             "embed_lm_head": "torch.onnx.export(dynamo=True)",
             "layers": ("onnx.helper from the weights (com.microsoft.GroupQueryAttention)" if kind == "gqa"
                        else "torch.onnx.export(dynamo=True) once, weights swapped per layer"),
+            **({} if adapters is None else {"adapters": "onnx.helper from the weights (MatMul, Add)"}),
             "seconds": round(time.perf_counter() - t0 + shared["seconds"], 2),
         },
-        graphs=Graphs(embed, lm_head, layers),
+        graphs=Graphs(embed, lm_head, layers, adapter_entries),
+        entry_adapter=None if adapters is None else adapters.spec(),
     )
     manifest.save(folder)
     return manifest
 
 
-def check_exportable(model, source) -> None:
-    """Refuse what the graphs cannot carry yet instead of dropping it: a checkpoint with entry
-    adapters (models/adapters.py) would export, and validate, as a different model."""
-    if getattr(model, "entry_adapters", None) is not None:
-        raise SkipDecodeError(f"{source}: entry adapters are not exported yet")
+def check_exportable(model, targets, source) -> None:
+    """Refuse what a target cannot carry instead of dropping it: entry adapters (models/adapters.py)
+    have graphs that only the ONNX Runtime backend runs; a TensorRT export would be another model."""
+    if model.entry_adapters is not None and "tensorrt" in targets:
+        raise SkipDecodeError(f"{source}: {ADAPTERS_ONNXRUNTIME_ONLY} (export it with --target onnxruntime)")
 
 
 def resolve_max_seq(cfg: ExportConfig, config) -> int:
@@ -244,7 +253,7 @@ def export_model(spec: str, out: str | Path, cfg: ExportConfig = ExportConfig(),
 
         loaded = load_model(spec, "cpu", torch.float32)
     reference = loaded.model
-    check_exportable(reference, spec)
+    check_exportable(reference, cfg.targets, spec)
     max_seq = resolve_max_seq(cfg, reference.config)
     L = reference.config.num_layers
     if cfg.save_layers and not all(0 <= i < L for i in cfg.save_layers):

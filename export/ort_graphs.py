@@ -15,7 +15,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from skipdecode.export.contract import LAYER_INPUTS, LAYER_OUTPUTS
+from skipdecode.export.contract import ADAPTER_INPUTS, ADAPTER_OUTPUTS, LAYER_INPUTS, LAYER_OUTPUTS
 
 MS = "com.microsoft"
 NP_TO_ONNX = {np.dtype("float32"): TensorProto.FLOAT, np.dtype("float16"): TensorProto.FLOAT16}
@@ -183,6 +183,21 @@ def opt_layer(layer, config, dtype, opset: int) -> onnx.ModelProto:
     else:
         out, _ = _skip_layer_norm(g, f, resid, layer.final_layer_norm, "final_layer_norm", layer.fc2.bias)
         g.op("Identity", [out], out=["hidden_out"])
+    return g.model(opset)
+
+
+def adapter_graph(adapter, hidden_size: int, dtype, opset: int) -> onnx.ModelProto:
+    """An entry adapter (models/adapters.py EntryAdapter): hidden + (hidden V^T) U^T, or hidden +
+    hidden D^T for rank full, in standard ops (two or one MatMul and an Add)."""
+    g = Graph("entry_adapter", dtype)
+    (x,), (y,) = ADAPTER_INPUTS, ADAPTER_OUTPUTS
+    g.input(x, NP_TO_ONNX[g.dtype], ["batch", "seq", hidden_size])
+    g.output(y, NP_TO_ONNX[g.dtype], ["batch", "seq", hidden_size])
+    if hasattr(adapter, "delta"):
+        delta = g.linear(x, adapter.delta, "delta")  # (B, S, hidden)
+    else:
+        delta = g.linear(g.linear(x, adapter.down, "down"), adapter.up, "up")  # (B, S, hidden) via (B, S, rank)
+    g.op("Add", [x, delta], out=[y])
     return g.model(opset)
 
 

@@ -4,10 +4,11 @@
 1. manifest vs files (SHA-256), ``onnx.checker`` on every graph;
 2. each graph in ONNX Runtime (CPU) against its PyTorch module on random and real inputs: max
    abs error and relative error (max abs error / max |reference|), prefill and decode for layers
-   (hidden states and the K/V written into the buffers);
+   (hidden states and the K/V written into the buffers), entry adapters on random inputs;
 3. end to end: the ORT backend (runtime/onnxruntime_backend.py) chaining the graphs against
    the TorchBackend, teacher-forced on the reference's greedy tokens, batched rows of different
-   lengths, under a skip schedule: logits of the prefill and every decode step.
+   lengths, under a skip schedule: logits of the prefill and every decode step (the schedule enters
+   layers from skipped ones, so the entry adapters run on the rows they apply to).
 Fails with SkipDecodeError naming the worst graph. With ``save_outputs`` the inputs of step 2 and
 ORT's outputs for them are saved in polygraphy's format (export/polygraphy_outputs.py).
 """
@@ -25,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from skipdecode.errors import SkipDecodeError
-from skipdecode.export.contract import EMBED, LM_HEAD, graph_name
+from skipdecode.export.contract import EMBED, LM_HEAD, adapter_name, graph_name
 from skipdecode.runtime.feeds import decode_feeds, prefill_feeds
 from skipdecode.runtime.manifest import Manifest, load_manifest
 
@@ -176,6 +177,17 @@ def compare_graphs(folder: Path, manifest: Manifest, model, tokenizer, so, log, 
                                              build_attention_mask(torch.ones(1, P, dtype=torch.bool), 0, P),
                                              cache.writer(l, 0))
         report[graph_name(l)] = {k: v.record() for k, v in worst.items()}
+    for l, e in manifest.adapter_graphs().items():
+        sess, w, feeds = load(e), _Worst(), []
+        for shape in ((2, S, Hd), (3, 1, Hd)):  # a prefill's and a decode step's
+            h = rng.standard_normal(shape).astype(np.float32)
+            feeds.append({"hidden": h.astype(_np_dtype(manifest))})
+            (out,) = sess.run(None, feeds[-1])
+            with torch.no_grad():
+                w.add(out, model.enter(l, _t(h)).numpy())
+        report[adapter_name(l)] = w.record()
+        if record is not None:
+            record(adapter_name(l), feeds)
     # lm_head
     head, w = load(g.lm_head), _Worst()
     argmax_ok = True
@@ -258,8 +270,10 @@ def verify_export(folder: str | Path, model=None, tokenizer=None, log=lambda s: 
         if not manifest.source:
             raise SkipDecodeError(f"{folder}: the manifest names no source model; pass --model")
         model = load_model(manifest.source).model
-    from skipdecode.export.exporter import check_exportable
-    check_exportable(model, "the reference model")
+    spec = None if model.entry_adapters is None else model.entry_adapters.spec()
+    if spec != manifest.entry_adapter:
+        raise SkipDecodeError(f"{folder}: the export's entry adapters ({manifest.entry_adapter}) are not the "
+                              f"reference model's ({spec})")
     if tokenizer is None:
         from skipdecode.tokenizer import Tokenizer
         tokenizer = Tokenizer.from_dir(folder) if (folder / "tokenizer.json").exists() else None

@@ -21,7 +21,7 @@ import math
 import torch
 import torch.nn as nn
 
-from skipdecode.errors import SkipDecodeError
+from skipdecode.schedule import uncovered_entry
 
 FULL = "full"
 """The rank of an adapter that is a whole hidden x hidden matrix."""
@@ -87,7 +87,5 @@ class EntryAdapters(nn.ModuleDict):
         """``hidden`` (..., hidden) of tokens entering ``layer``, mapped by its adapter."""
         key = str(layer)
         if key not in self:
-            raise SkipDecodeError(
-                f"layer {layer} is entered from a skipped layer under this schedule, but the entry adapters "
-                f"cover layers {list(self.layers)} (trained with another drop order or warm-up)")
+            raise uncovered_entry(layer, self.layers)
         return self[key](hidden)

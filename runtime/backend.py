@@ -20,6 +20,22 @@ Range = tuple[int, int]
 """KV rows [start, stop); empty when start == stop."""
 
 
+def entering_rows(rows: Range, below: Range) -> list[Range]:
+    """The rows of ``rows`` (those running a layer) outside ``below`` (those that ran the layer
+    under it) as contiguous ranges: the rows that enter the layer from a skipped one, where an
+    entry adapter applies. With rows ordered by depth there is at most one; none is assumed.
+
+    >>> entering_rows((0, 6), (0, 4)), entering_rows((2, 6), (0, 0)), entering_rows((0, 6), (2, 4))
+    ([(4, 6)], [(2, 6)], [(0, 2), (4, 6)])
+    >>> entering_rows((0, 3), (0, 5))
+    []
+    """
+    (a, b), (a1, b1) = rows, below
+    if a1 >= b1:
+        return [(a, b)] if a < b else []
+    return [(lo, hi) for lo, hi in ((a, min(b, a1)), (max(a, b1), b)) if lo < hi]
+
+
 class Backend(Protocol):
     name: str
     num_layers: int

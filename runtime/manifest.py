@@ -21,7 +21,7 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path, PurePosixPath
 
 from skipdecode.errors import SkipDecodeError
-from skipdecode.export.contract import EMBED, LAYER_KINDS, LM_HEAD, TARGETS, graph_name
+from skipdecode.export.contract import EMBED, LAYER_KINDS, LM_HEAD, TARGETS, adapter_name, graph_name
 from skipdecode.runtime.external_data import NotOnnx, external_data_locations
 from skipdecode.schedule import Schedule
 
@@ -88,6 +88,9 @@ class Graphs:
     embed: GraphEntry
     lm_head: GraphEntry
     layers: list[GraphEntry]
+    adapters: list[GraphEntry] | None = None
+    """Entry-adapter graphs, one per layer of ``Manifest.entry_adapter["layers"]``, in that order
+    (absent without adapters)."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,9 @@ class Manifest:
     exporter: dict
     """Library versions, how each graph was built, seconds."""
     graphs: Graphs
+    entry_adapter: dict | None = None
+    """The checkpoint's entry adapters, as its skipdecode.json records them: ``{"rank": r or
+    "full", "layers": [...]}``; ``graphs.adapters`` holds their graphs (absent without adapters)."""
     quantization: dict | None = None
     """`skipdecode calibrate`'s record: method, calibration data, what was done to each graph."""
 
@@ -134,12 +140,37 @@ class Manifest:
             raise ValueError(f"layer_kind {self.layer_kind!r} (known: {', '.join(LAYER_KINDS)})")
         if len(self.graphs.layers) != self.num_layers:
             raise ValueError(f"{len(self.graphs.layers)} layer graphs listed, num_layers is {self.num_layers}")
+        self._check_adapters()
+
+    def _check_adapters(self):
+        spec, graphs = self.entry_adapter, self.graphs.adapters
+        if (spec is None) != (graphs is None):
+            raise ValueError("entry_adapter and graphs.adapters: one is given without the other")
+        if spec is None:
+            return
+        if sorted(spec) != ["layers", "rank"]:
+            raise ValueError(f"entry_adapter: expected the keys rank and layers, got {sorted(spec)}")
+        rank, layers = spec["rank"], spec["layers"]
+        if isinstance(rank, bool) or not isinstance(rank, (int, str)) or (isinstance(rank, int) and rank < 1):
+            raise ValueError(f"entry_adapter.rank {rank!r}: expected a positive rank or a name")
+        if not (isinstance(layers, list) and all(isinstance(l, int) and not isinstance(l, bool) for l in layers)
+                and layers == sorted(set(layers)) and all(1 <= l < self.num_layers for l in layers)):
+            raise ValueError(f"entry_adapter.layers {layers!r}: expected increasing layers in 1..{self.num_layers - 1}")
+        if len(graphs) != len(layers):
+            raise ValueError(f"{len(graphs)} adapter graphs listed, entry_adapter.layers names {len(layers)}")
+
+    def adapter_graphs(self) -> dict[int, GraphEntry]:
+        """{layer: its entry adapter's graph}; empty without adapters."""
+        if self.entry_adapter is None:
+            return {}
+        return dict(zip(self.entry_adapter["layers"], self.graphs.adapters))
 
     def named_graphs(self, decode: bool = False) -> list[tuple[str, GraphEntry]]:
-        """(graph name, entry) for embed, layer_000 ... and lm_head; with ``decode``, each
-        layer's decode graph too, as "layer_NNN (decode)"."""
+        """(graph name, entry) for embed, layer_000 ..., the entry adapters (adapter_NNN) and
+        lm_head; with ``decode``, each layer's decode graph too, as "layer_NNN (decode)"."""
         g = self.graphs
-        named = [(EMBED, g.embed), *((graph_name(i), e) for i, e in enumerate(g.layers)), (LM_HEAD, g.lm_head)]
+        named = [(EMBED, g.embed), *((graph_name(i), e) for i, e in enumerate(g.layers)),
+                 *((adapter_name(l), e) for l, e in self.adapter_graphs().items()), (LM_HEAD, g.lm_head)]
         if decode:
             named += [(f"{n} (decode)", e.decode) for n, e in named if e.decode is not None]
         return named
@@ -150,10 +181,11 @@ class Manifest:
 
     # ---- JSON ---------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        out = {"format_version": FORMAT_VERSION, **{f.name: _plain(getattr(self, f.name)) for f in fields(self)}}
-        if self.quantization is None:
-            del out["quantization"]
-        return out
+        """Optional fields (those with a default) that are None are left out, so an export
+        without them writes, and round-trips, the keys the first exporter wrote."""
+        return {"format_version": FORMAT_VERSION,
+                **{f.name: _plain(getattr(self, f.name)) for f in fields(self)
+                   if not (f.default is None and getattr(self, f.name) is None)}}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Manifest":

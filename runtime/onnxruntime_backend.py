@@ -15,6 +15,12 @@ rows are copied across (a few KB a step).
   returns ``new_key``/``new_value`` for the new tokens, scattered here at ``write_index``.
 
 Decode steps run a layer's decode graph where the export has one (``--split-phases``).
+
+Entry adapters (an export of a checkpoint that has them: ``adapter_NNN.onnx``) run as the PyTorch
+reference applies them: on the hidden states of the rows that run layer l but not l - 1, just
+before layer l (a prefill's ``entries(layers)``; a decode step's rows of ``ranges[l]`` outside
+``ranges[l - 1]``). In decode their output goes to a scratch buffer and is copied back over those
+rows of the layer's input (a few KB).
 """
 
 from __future__ import annotations
@@ -27,10 +33,11 @@ import numpy as np
 import onnxruntime as ort
 
 from skipdecode.errors import SkipDecodeError
-from skipdecode.export.contract import EMBED, LM_HEAD, graph_name
-from skipdecode.runtime.backend import Range
+from skipdecode.export.contract import ADAPTER_INPUTS, ADAPTER_OUTPUTS, EMBED, LM_HEAD, graph_name
+from skipdecode.runtime.backend import Range, entering_rows
 from skipdecode.runtime.feeds import Feeds, KVLengths, check_capacity, decode_feeds, prefill_feeds
 from skipdecode.runtime.manifest import load_manifest
+from skipdecode.schedule import entries, uncovered_entry
 
 KV_ROUND = 64  # KV capacity is rounded up to a multiple of this
 MAX_CACHED_BINDINGS = 8192
@@ -75,6 +82,7 @@ class OnnxRuntimeBackend:
             # decode steps run a layer's decode graph where the export has one (same contract)
             self.decode_sessions = [make(e.decode) if e.decode else s for e, s in zip(g.layers, self.layer_sessions)]
             self.head = make(g.lm_head)
+            self.adapters = {l: make(e) for l, e in m.adapter_graphs().items()}
         except Exception as e:  # ORT raises its own exception types for unreadable graphs
             raise SkipDecodeError(f"{self.dir}: cannot load the export ({str(e).splitlines()[0]})") from None
         self.rows = 0
@@ -84,7 +92,9 @@ class OnnxRuntimeBackend:
         self.capture = None
         """Optional ``capture(graph, feeds)``, called before each graph runs with the arrays bound
         as its inputs (graph: its name in export/contract.py); the arrays are the live
-        buffers, so copy what you keep. Calibration (skipdecode.calibration) records with it."""
+        buffers, so copy what you keep. Calibration (skipdecode.calibration) records with it.
+        Entry adapters are not captured (calibration carries them unquantized); a layer's capture
+        shows its input after the adapter."""
 
     # ---- buffers ------------------------------------------------------------------------------
     def allocate(self, rows: int, max_len: int) -> None:
@@ -104,6 +114,7 @@ class OnnxRuntimeBackend:
         self.pos = np.zeros((R, 1), np.int64)
         self.last = np.zeros(R, np.int64)
         self.hid = [np.zeros((R, 1, self.hidden_size), self.dtype) for _ in range(2)]
+        self.entered = np.zeros((R, 1, self.hidden_size), self.dtype)  # entry adapters' decode output
         self.seqlens = np.zeros(R, np.int32)
         self.total = np.zeros((), np.int32)
         self.write_index = np.zeros(R, np.int32)
@@ -151,6 +162,18 @@ class OnnxRuntimeBackend:
             b.bind_ortvalue_output("new_value", _ov(new_kv[1]))
         return b
 
+    def _adapter(self, l: int) -> ort.InferenceSession:
+        """Layer l's entry adapter; a layer the call enters without one is refused as the reference does."""
+        if l not in self.adapters:
+            raise uncovered_entry(l, self.manifest.entry_adapter["layers"])
+        return self.adapters[l]
+
+    def _bind_adapter(self, session, src, dst) -> ort.IOBinding:
+        b = session.io_binding()
+        b.bind_ortvalue_input(ADAPTER_INPUTS[0], _ov(src))
+        b.bind_ortvalue_output(ADAPTER_OUTPUTS[0], _ov(dst))
+        return b
+
     def _cached(self, key: tuple, make):
         b = self._bindings.get(key)
         if b is None:
@@ -182,7 +205,12 @@ class OnnxRuntimeBackend:
             self.capture(EMBED, {"input_ids": ids, "positions": pos})
         self.embed.run_with_iobinding(self._bind_embed(ids, pos, hid[0]))
         p = 0
+        entering = entries(layers) if self.manifest.entry_adapter is not None else ()
         for l in layers:
+            if l in entering:  # every row enters l: the adapter maps the whole buffer across
+                adapter = self._adapter(l)
+                adapter.run_with_iobinding(self._bind_adapter(adapter, hid[p], hid[1 - p]))
+                p = 1 - p
             b = self._bind_layer(self.layer_sessions[l], l, rows, hid[p], hid[1 - p], pos, small, new_kv)
             if self.capture is not None:
                 self.capture(graph_name(l), self._layer_feeds(l, rows, hid[p], pos, small))
@@ -219,6 +247,13 @@ class OnnxRuntimeBackend:
             dst[:a], dst[b:B] = src[:a], src[b:B]  # rows that skip this layer keep their hidden state
             self.total[...] = int(positions[a:b].max()) + 1
             rows = slice(a, b)
+            if l > 0 and self.manifest.entry_adapter is not None:
+                for lo, hi in entering_rows((a, b), ranges[l - 1]):
+                    adapter = self._adapter(l)
+                    run = self._cached(("adapter", l, lo, hi, p), lambda: self._bind_adapter(
+                        adapter, src[lo:hi], self.entered[lo:hi]))
+                    adapter.run_with_iobinding(run)
+                    src[lo:hi] = self.entered[lo:hi]  # the layer's input: those rows mapped
             session = self.decode_sessions[l]
             small = {"seqlens_k": self.seqlens[rows], "total_sequence_length": self.total,
                      "write_index": self.write_index[rows]}

@@ -24,8 +24,8 @@ from skipdecode.runtime.backend import Range
 from skipdecode.runtime.cuda import DeviceArray, Stream, copy_2d
 from skipdecode.runtime.feeds import KVLengths, check_capacity, decode_feeds, prefill_feeds
 from skipdecode.runtime.manifest import load_manifest
-from skipdecode.runtime.tensorrt_engines import (PROFILES, check_compatible, gpu_identity, import_tensorrt,
-                                                 load_engine_record)
+from skipdecode.runtime.tensorrt_engines import (PROFILES, check_compatible, check_no_adapters, gpu_identity,
+                                                 import_tensorrt, load_engine_record)
 
 PREFILL, DECODE = PROFILES.index("prefill"), PROFILES.index("decode")
 
@@ -66,6 +66,7 @@ class TensorRTBackend:
         self.record = load_engine_record(self.dir)
         check_compatible(self.record, trt.__version__, gpu_identity(), str(self.dir))
         self.manifest = m = load_manifest(self.dir, verify=False)  # the engines are hashed instead
+        check_no_adapters(m, self.dir)
         self.num_layers = m.num_layers
         self.max_seq = m.max_seq
         self.max_positions = min(m.max_seq, m.max_positions)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from skipdecode.errors import SkipDecodeError
 from skipdecode.io import atomic_dir, atomic_write_text
-from skipdecode.export.contract import layer_index
-from skipdecode.runtime.manifest import MANIFEST, TensorSpec, load_manifest, sha256_file
+from skipdecode.export.contract import ADAPTERS_ONNXRUNTIME_ONLY, layer_index
+from skipdecode.runtime.manifest import MANIFEST, Manifest, TensorSpec, load_manifest, sha256_file
 
 ENGINES = "engines.json"
 FORMAT_VERSION = 1
@@ -31,6 +31,13 @@ def import_tensorrt():
     except ImportError:
         raise SkipDecodeError("TensorRT is not installed: pip install 'skipdecode[tensorrt]' on an NVIDIA machine") from None
     return trt
+
+
+def check_no_adapters(manifest: Manifest, where) -> None:
+    """The engines have no entry-adapter step yet: refuse an export that has adapters rather than
+    run it as another model (`skipdecode export --target tensorrt` refuses such a checkpoint too)."""
+    if manifest.entry_adapter is not None:
+        raise SkipDecodeError(f"{where}: {ADAPTERS_ONNXRUNTIME_ONLY} (run it with the onnxruntime backend)")
 
 
 def gpu_identity() -> dict:
@@ -110,6 +117,7 @@ def build_engines(export_dir: str | Path, out: str | Path, max_batch: int = 32, 
     if manifest.layer_kind != "standard":
         raise SkipDecodeError(f"{src}: built for target {manifest.target!r}; TensorRT needs an export made with "
                               "`skipdecode export --target tensorrt` (standard ONNX ops only)")
+    check_no_adapters(manifest, src)
     if max_prompt + 1 > manifest.max_seq:
         max_prompt = manifest.max_seq - 1
     if out.exists() and not overwrite:

@@ -340,6 +340,14 @@ def entries(layers) -> tuple[int, ...]:
     return tuple(sorted(l for l in run if l >= 1 and l - 1 not in run))
 
 
+def uncovered_entry(layer: int, covered) -> SkipDecodeError:
+    """The error of a call that enters ``layer`` (``entries``) where the model's entry adapters,
+    at layers ``covered``, have none: the PyTorch reference and the ONNX Runtime backend raise it."""
+    return SkipDecodeError(
+        f"layer {layer} is entered from a skipped layer under this schedule, but the entry adapters "
+        f"cover layers {list(covered)} (trained with another drop order or warm-up)")
+
+
 def paper_order(num_layers: int, warmup_layers: int) -> tuple[int, ...]:
     """The paper's drop order: the layer above the warm-up first, the top layer last.
 

@@ -8,7 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tiny import EXPORTS, GQA_CONFIGS, TINY, make_hf, save_checkpoint  # noqa: E402
+from tiny import (ADAPTER_SCHEDULE, EXPORTS, GQA_CONFIGS, TINY, make_hf, save_checkpoint,  # noqa: E402
+                  save_with_adapters, with_adapters)
 
 
 @pytest.fixture(scope="session")
@@ -57,5 +58,31 @@ def tiny_export(tmp_path_factory, export_checkpoints):
                                    ExportConfig(target=target, max_seq=96), loaded=loaded, log=lambda s: None)
             cache[name] = (root / name, loaded, results[target])
         return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def adapter_export(tmp_path_factory, export_checkpoints):
+    """adapter_export(name, rank) -> (export folder, LoadedModel): the checkpoint of EXPORTS[name]
+    with random non-zero entry adapters of ``rank`` at ADAPTER_SCHEDULE's entry layers (2..5),
+    saved as training saves one, then exported and validated on first use."""
+    from skipdecode.export import ExportConfig, export_model
+    from skipdecode.models import load_model
+
+    root = tmp_path_factory.mktemp("adapter-exports")
+    cache = {}
+
+    def get(name: str, rank):
+        if (name, rank) not in cache:
+            ckpt_name, target = EXPORTS[name]
+            base = load_model(str(export_checkpoints[ckpt_name]))
+            model = with_adapters(base, rank, ADAPTER_SCHEDULE.entry_layers)
+            ckpt = save_with_adapters(base, model, ADAPTER_SCHEDULE, root / f"{name}-{rank}-ckpt")
+            loaded = load_model(str(ckpt))
+            export_model(str(ckpt), root / f"{name}-{rank}", ExportConfig(target=target, max_seq=96),
+                         loaded=loaded, log=lambda s: None)
+            cache[name, rank] = (root / f"{name}-{rank}", loaded)
+        return cache[name, rank]
 
     return get

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from skipdecode.schedule import Schedule
+
 TINY_LLAMA = dict(
     architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=96, hidden_size=32,
     intermediate_size=64, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2,
@@ -97,6 +99,36 @@ EXPORTS = {
 }
 
 
+def with_adapters(loaded, rank, layers, scale: float | None = 0.3, seed: int = 0):
+    """A copy of ``loaded``'s model (the fixture's is shared) with entry adapters at ``layers``,
+    their matrices drawn at random (``scale``) or left at their init (None)."""
+    import copy
+
+    model = copy.deepcopy(loaded.model)
+    adapters = model.add_entry_adapters(rank, layers, seed=seed)
+    if scale is not None:
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in adapters.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return model
+
+
+def save_with_adapters(loaded, model, schedule, dst: Path) -> Path:
+    """A checkpoint of ``model`` (``loaded``'s with entry adapters) that load_model reads back with
+    them, its skipdecode.json recording ``schedule`` and the adapters, as training writes it."""
+    from skipdecode.models.adapters import ENTRY_ADAPTER
+    from skipdecode.training.checkpoint import save_checkpoint
+
+    return save_checkpoint(model, loaded.path, dst, {"schedule": schedule.to_dict(),
+                                                     ENTRY_ADAPTER: model.entry_adapters.spec()})
+
+ADAPTER_SCHEDULE = Schedule(6, 4, 2, window=6)
+"""The schedule of the tiny checkpoints with entry adapters (conftest.py adapter_export): the paper's
+order with one warm-up layer, whose family enters layers 2..5 (every order with a warm-up layer
+enters a subset of them)."""
+
+
 def split_calls(calls):
     """A backend's call log -> ((first row, end row), layers) of its leading prefill calls merged,
     and the calls after them. The engine prefills a burst in one call per length group
@@ -134,7 +166,6 @@ def assert_greedy_matches_reference(backend, model, steps_checked: bool = True) 
     schedule, and each decode step ran exactly the schedule's layers."""
     from skipdecode.models.backend import TorchBackend
     from skipdecode.runtime import GenerationConfig, generate_ids
-    from skipdecode.schedule import Schedule
 
     prompts = [[5, 9, 14, 3, 22, 7], [31, 4], [8, 8, 40]]
     cfg = GenerationConfig(max_new_tokens=10, ignore_eos=True)

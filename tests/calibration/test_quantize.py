@@ -14,7 +14,7 @@ import pytest
 from skipdecode.calibration.capture import CaptureConfig, ShardSet, calibration_prompts, capture
 from skipdecode.calibration.check import agreement
 from skipdecode.calibration.graphs import check_contract
-from skipdecode.calibration.quantize import QuantConfig, quantize_export
+from skipdecode.calibration.quantize import FP32_ADAPTER, QuantConfig, quantize_export
 from skipdecode.errors import SkipDecodeError
 from skipdecode.export.contract import graph_name
 from skipdecode.runtime import GenerationConfig, generate_ids
@@ -271,3 +271,19 @@ def test_split_phases_is_refused_where_it_cannot_apply(tiny_export):
     trt, _, _ = tiny_export("llama-trt")
     with pytest.raises(SkipDecodeError, match="decode graphs are for the onnxruntime target"):
         quantize_export(trt, trt.parent / "never", QuantConfig("int8-static", split_phases=True))
+
+
+def test_entry_adapters_are_carried_unchanged_in_fp32(adapter_export, train_csv, tmp_path):
+    """Calibrated on the export's own schedule (whose decode steps enter layers), static int8
+    with decode graphs: the adapter graphs are copied as they are, and the quantized export runs."""
+    folder, _ = adapter_export("opt-gqa", 3)
+    src = load_manifest(folder)
+    shards = _capture(folder, train_csv, tmp_path, src.schedule)
+    m = quantize_export(folder, tmp_path / "q", QuantConfig("int8-static", split_phases=True), shards,
+                        check_prompts=[[5, 6, 7], [9, 10]], check_tokens=5, log=lambda s: None)
+    assert load_manifest(tmp_path / "q") == m and m.entry_adapter == src.entry_adapter
+    assert [e.sha256 for e in m.graphs.adapters] == [e.sha256 for e in src.graphs.adapters]
+    assert {g: p for g, p in m.quantization["graphs"].items() if g.startswith("adapter_")} == {
+        f"adapter_00{l}": FP32_ADAPTER for l in (2, 3, 4, 5)}
+    assert any(e.decode is not None for e in m.graphs.layers)
+    assert m.quantization["check"]["steps"] == 10  # the agreement check ran both exports, adapters included

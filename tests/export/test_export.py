@@ -150,31 +150,6 @@ def test_unsupported_architecture_cli(tmp_path, capsys):
     assert "unsupported architecture 'GPT2LMHeadModel'" in capsys.readouterr().err
 
 
-def test_a_checkpoint_with_entry_adapters_is_refused(tiny_export, export_checkpoints, tmp_path, capsys):
-    """The graphs do not carry entry adapters yet: exporting, or validating against, a model that has
-    them stops with one line instead of dropping them (a checkpoint that load_model round-trips)."""
-    from skipdecode.cli.main import main
-    from skipdecode.export import verify_export
-    from skipdecode.models import load_model
-    from skipdecode.models.adapters import ENTRY_ADAPTER
-    from skipdecode.schedule import Schedule
-    from skipdecode.training.checkpoint import save_checkpoint
-
-    loaded = load_model(str(export_checkpoints["llama-gqa"]))
-    schedule = Schedule(6, 4, 2, window=4)
-    adapters = loaded.model.add_entry_adapters(4, schedule.entry_layers, seed=0)
-    ckpt = save_checkpoint(loaded.model, loaded.path, tmp_path / "ckpt",
-                           {"schedule": schedule.to_dict(), ENTRY_ADAPTER: adapters.spec()})
-    again = load_model(str(ckpt)).model
-    assert again.entry_adapters.spec() == adapters.spec() == {"rank": 4, "layers": [2, 3, 4, 5]}
-    assert main(["export", "--model", str(ckpt), "--out", str(tmp_path / "exp")]) == 2
-    assert capsys.readouterr().err == f"skipdecode export: error: {ckpt}: entry adapters are not exported yet\n"
-    assert not (tmp_path / "exp").exists()
-    folder, _, _ = tiny_export("llama-gqa")
-    with pytest.raises(SkipDecodeError, match="^the reference model: entry adapters are not exported yet$"):
-        verify_export(folder, again, log=lambda s: None)
-
-
 def test_verify_only_cli(tiny_export, capsys):
     from skipdecode.cli.main import main
 

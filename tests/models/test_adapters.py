@@ -3,8 +3,6 @@ from a skipped one, and the same map in the training forward, the engine through
 reference (TorchBackend) and the model's own cached step (forward_step), for any drop order and
 prompt depth."""
 
-import copy
-
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -12,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from skipdecode.errors import SkipDecodeError
 from skipdecode.models.adapters import parse_rank
 from skipdecode.schedule import Schedule
-from tiny import forward_vs_decoding
+from tiny import forward_vs_decoding, with_adapters
 
 FAMILIES = ["llama", "opt"]
 RANKS = [4, "full"]
@@ -24,19 +22,6 @@ SCHEDULES = [
     Schedule(6, 3, 1, window=2, warmup_layers=0, drop_order=(5, 0, 3, 1, 4, 2), prompt_layers=1),
     Schedule(6, 3, 2, window=4, prompt_layers=4),
 ]
-
-
-def with_adapters(loaded, rank, layers, scale: float | None = 0.3, seed: int = 0):
-    """A copy of ``loaded``'s model (the fixture's is shared) with entry adapters at ``layers``,
-    their matrices drawn at random (``scale``) or left at their init (None)."""
-    model = copy.deepcopy(loaded.model)
-    adapters = model.add_entry_adapters(rank, layers, seed=seed)
-    if scale is not None:
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for p in adapters.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * scale)
-    return model
 
 
 def logits(model, ids, schedule):

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from skipdecode.export.contract import EMBED, LM_HEAD, graph_file, graph_name
+from skipdecode.export.contract import EMBED, LM_HEAD, adapter_name, graph_file, graph_name
 from skipdecode.runtime.manifest import GraphEntry, Graphs, Manifest
 
 
@@ -39,15 +39,17 @@ def with_external_data(model: onnx.ModelProto, folder: Path, location: str) -> o
     return model
 
 
-def write_export(folder: Path, num_layers: int = 2, files: dict[str, list[str]] | None = None, **fields) -> Manifest:
-    """Graphs embed.onnx, layer_NNN.onnx, lm_head.onnx (unless already in ``folder``) and a manifest.
+def write_export(folder: Path, num_layers: int = 2, files: dict[str, list[str]] | None = None,
+                 adapters: tuple[int, ...] | None = None, **fields) -> Manifest:
+    """Graphs embed.onnx, layer_NNN.onnx, lm_head.onnx (unless already in ``folder``) and a manifest;
+    with ``adapters``, entry adapters (rank 2) at those layers too, adapter_NNN.onnx.
 
     ``files``: graph name -> [graph file, external data...] to record instead of the default file
     (any path, written or linked by the caller; its hash is taken wherever it points). ``fields``
     replace manifest fields."""
     folder.mkdir(parents=True, exist_ok=True)
     files = files or {}
-    names = [EMBED, *map(graph_name, range(num_layers)), LM_HEAD]
+    names = [EMBED, *map(graph_name, range(num_layers)), LM_HEAD, *map(adapter_name, adapters or ())]
     entries = {}
     for name in names:
         listed = files.get(name, [graph_file(name)])
@@ -61,7 +63,9 @@ def write_export(folder: Path, num_layers: int = 2, files: dict[str, list[str]] 
         hidden_size=4, num_kv_heads=1, head_dim=4, vocab_size=16, dtype="float32", max_batch=2, max_seq=8,
         max_positions=8, top_k=4, opset=18, kv_layout={"axes": "BNSH"}, position_offset=0, schedule=None,
         tokenizer_files=["tokenizer.json"], exporter={"skipdecode": "test"},
-        graphs=Graphs(entries[EMBED], entries[LM_HEAD], [entries[n] for n in names[1:-1]]))
+        graphs=Graphs(entries[EMBED], entries[LM_HEAD], [entries[graph_name(i)] for i in range(num_layers)],
+                      None if adapters is None else [entries[adapter_name(l)] for l in adapters]),
+        entry_adapter=None if adapters is None else {"rank": 2, "layers": list(adapters)})
     m = dataclasses.replace(m, **fields)
     m.save(folder)
     return m

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
@@ -66,6 +67,50 @@ def test_a_quantized_manifest_keeps_its_record_and_optional_entry_fields(tmp_pat
     assert [n for n, _ in back.named_graphs(decode=True)][-1] == "layer_000 (decode)"
     (folder / "layer_000.decode.onnx").unlink()  # the decode graph is verified like the others
     refused(folder, r"layer_000\.decode\.onnx: layer_000 \(decode\) graph file is missing")
+
+
+def test_entry_adapters_are_listed_hashed_and_read_back(tmp_path):
+    folder = tmp_path / "a"
+    m = write_export(folder, num_layers=4, adapters=(2, 3))
+    raw = json.loads((folder / MANIFEST).read_text())
+    assert list(raw) == [*KEYS, "entry_adapter"] and raw["entry_adapter"] == {"rank": 2, "layers": [2, 3]}
+    assert list(raw["graphs"]) == ["embed", "lm_head", "layers", "adapters"]
+    back = load_manifest(folder)
+    assert back == m and Manifest.from_dict(back.to_dict()) == m
+    assert [n for n, _ in back.named_graphs()] == ["embed", *(f"layer_00{i}" for i in range(4)), "adapter_002",
+                                                   "adapter_003", "lm_head"]
+    assert {l: e.file for l, e in back.adapter_graphs().items()} == {2: "adapter_002.onnx", 3: "adapter_003.onnx"}
+    assert write_export(tmp_path / "none").adapter_graphs() == {}
+    onnx.save(graph(weights=np.ones(4, np.float32)), folder / "adapter_003.onnx")  # tampered
+    refused(folder, r"adapter_003\.onnx: adapter_003 graph does not match its SHA-256")
+    (folder / "adapter_003.onnx").unlink()
+    refused(folder, r"adapter_003\.onnx: adapter_003 graph file is missing")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.pop("entry_adapter"), "entry_adapter and graphs.adapters: one is given without the other"),
+    (lambda d: d["graphs"].pop("adapters"), "entry_adapter and graphs.adapters: one is given without the other"),
+    (lambda d: d["entry_adapter"].update(layers=[2]), "2 adapter graphs listed, entry_adapter.layers names 1"),
+    (lambda d: d["entry_adapter"].update(layers=[3, 2]), r"entry_adapter.layers \[3, 2\]: expected increasing"),
+    (lambda d: d["entry_adapter"].update(layers=[2, 4]), r"entry_adapter.layers \[2, 4\]: .* in 1..3"),
+    (lambda d: d["entry_adapter"].update(rank=0), "entry_adapter.rank 0: expected a positive rank"),
+    (lambda d: d["entry_adapter"].pop("rank"), "entry_adapter: expected the keys rank and layers"),
+    (lambda d: d["graphs"]["adapters"][0].update(file="../x.onnx"), "graph file '../x.onnx' has no SHA-256"),
+])
+def test_malformed_adapter_entries_are_refused(tmp_path, change, message):
+    folder = tmp_path / "a"
+    write_export(folder, num_layers=4, adapters=(2, 3))
+    raw = json.loads((folder / MANIFEST).read_text())
+    change(raw)
+    (folder / MANIFEST).write_text(json.dumps(raw))
+    assert refused(folder, message).startswith(f"{folder / MANIFEST}: ")
+
+
+def test_an_adapter_graph_pointing_outside_the_folder_is_refused(tmp_path):
+    (tmp_path / "outside.onnx").write_bytes(graph().SerializeToString())
+    folder = tmp_path / "a"
+    write_export(folder, num_layers=4, adapters=(2,), files={"adapter_002": ["../outside.onnx"]})
+    refused(folder, r"adapter_002 graph file '\.\./outside\.onnx' points outside the export folder")
 
 
 def test_an_export_written_before_the_dataclass_still_loads(tmp_path):

@@ -84,3 +84,26 @@ def test_engines_are_built_per_manifest_graph_and_named_after_it(tmp_path, monke
     write_export(tmp_path / "gqa")
     with pytest.raises(SkipDecodeError, match="TensorRT needs an export made with"):
         tensorrt_engines.build_engines(tmp_path / "gqa", tmp_path / "never")
+
+
+def test_an_export_with_entry_adapters_is_refused_in_one_line(tmp_path, monkeypatch):
+    """Neither the engine builder nor the TensorRT backend has an adapter step yet (an onnxruntime
+    export with standard layers would otherwise build)."""
+    from types import SimpleNamespace
+
+    from fake_export import write_export
+    from skipdecode.runtime import tensorrt_backend, tensorrt_engines
+
+    export = tmp_path / "export"
+    write_export(export, num_layers=3, adapters=(2,), target="tensorrt", layer_kind="standard")
+    fake_trt = SimpleNamespace(__version__="10.13.0")
+    monkeypatch.setattr(tensorrt_engines, "import_tensorrt", lambda: fake_trt)
+    with pytest.raises(SkipDecodeError, match=f"^{export}: entry adapters run on ONNX Runtime only for now "
+                                              r"\(run it with the onnxruntime backend\)$"):
+        tensorrt_engines.build_engines(export, tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+    for name, value in {"import_tensorrt": lambda: fake_trt, "load_engine_record": lambda d: {},
+                        "check_compatible": lambda *a: None, "gpu_identity": lambda: {}}.items():
+        monkeypatch.setattr(tensorrt_backend, name, value)
+    with pytest.raises(SkipDecodeError, match=f"^{export}: entry adapters run on ONNX Runtime only for now"):
+        tensorrt_backend.TensorRTBackend(export)
