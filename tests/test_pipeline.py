@@ -56,6 +56,10 @@ def test_demo_any_budget_trains_a_range_and_serves_both_ends(export_checkpoints,
     results = run_demo(cfg)
     info = json.loads((tmp_path / "out" / "train" / "final" / "skipdecode.json").read_text())
     assert info["speedup_range"] == [1.0, 3.0]
+    # the demo's entry adapters are trained, exported and applied by ONNX Runtime (validated at export)
+    manifest = json.loads((tmp_path / "out" / "export" / "manifest.json").read_text())
+    assert info["entry_adapter"]["rank"] == 32 and manifest["entry_adapter"]["rank"] == 32
+    assert manifest["graphs"]["adapters"]
     assert results["full"]["schedule"].is_full and results["skip"]["schedule"].speedup == pytest.approx(3, rel=0.2)
 
 
