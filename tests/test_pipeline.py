@@ -52,11 +52,12 @@ def test_demo_any_budget_trains_a_range_and_serves_both_ends(export_checkpoints,
     import json
 
     cfg = DemoConfig(model=str(export_checkpoints["llama-gqa"]), data=str(data), out=tmp_path / "out", steps=2,
-                     speedup=3, window=4, any_budget=True, test_inputs=2, batch_size=2, max_new_tokens=4)
+                     speedup=3, window=4, any_budget=True, test_inputs=2, batch_size=2, max_new_tokens=4,
+                     entry_adapter="32")
     results = run_demo(cfg)
     info = json.loads((tmp_path / "out" / "train" / "final" / "skipdecode.json").read_text())
     assert info["speedup_range"] == [1.0, 3.0]
-    # the demo's entry adapters are trained, exported and applied by ONNX Runtime (validated at export)
+    # --entry-adapter: trained, exported and applied by ONNX Runtime (validated at export)
     manifest = json.loads((tmp_path / "out" / "export" / "manifest.json").read_text())
     assert info["entry_adapter"]["rank"] == 32 and manifest["entry_adapter"]["rank"] == 32
     assert manifest["graphs"]["adapters"]
