@@ -2,14 +2,18 @@
 # The E2E experiment (evaluation issue): SmolLM2-135M fine-tuned on the E2E dev files under each
 # schedule with the same budget (300 steps, batch 16, lr 2e-4, 30 warm-up steps, seed 0), then
 # evaluated on the whole test set through ONNX Runtime and the PyTorch reference.
-#   bash scripts/e2e_experiment.sh train NAME   # NAME: 3x | 1x | static3x | 2x | 5x | range1-5 | 3x-pd | static3x-d
+#   bash scripts/e2e_experiment.sh train NAME   # NAME: 3x | 1x | static3x | 2x | 5x | range1-5 | 3x-pd | static3x-d | 3x-adapter
 #   bash scripts/e2e_experiment.sh eval NAME   # export, then score the test set: ONNX Runtime and PyTorch
 #   bash scripts/e2e_experiment.sh bench       # tokens/s of every schedule scored, batch 1 and 32
 #   python scripts/e2e_results.py              # docs/results/e2e.json, the table and the plot
 # Re-running `train` resumes from the newest checkpoint. About 7 s (3x) to 10 s (1x) per step on
 # one core of the 2-core CPU, so a run is 35-50 minutes.
+# STEPS=1200 (issue 16's 4x budget) trains into runs/e2e-smollm2-NAME-s1200 instead, with 10%
+# warm-up steps, an evaluation every 100 steps and a checkpoint every 50; `eval` reads the same folder.
 set -euo pipefail
 DATA=${DATA:-../shared/data/e2e}
+STEPS=${STEPS:-300}
+tag=$([ "$STEPS" = 300 ] && echo "" || echo "-s$STEPS")
 what=$1 name=${2:-}
 if [ "$what" = bench ]; then
   # Speed depends on the schedule, not on the weights: one export of the architecture serves every
@@ -30,16 +34,18 @@ case $name in
   range1-5) sched=(--speedup-range 1:5 --window 32) ;;
   # the levers that helped on the held-out MRs (scripts/e2e_levers.sh), at the full budget, and the
   # static baseline with the same teacher
-  3x-pd) sched=(--speedup 3 --window 32 --decay power --distill-from runs/e2e-smollm2-1x/final) ;;
-  static3x-d) sched=(--max-layers 10 --min-layers 10 --distill-from runs/e2e-smollm2-1x/final) ;;
+  3x-pd) sched=(--speedup 3 --window 32 --decay power --distill-from runs/e2e-smollm2-1x$tag/final) ;;
+  static3x-d) sched=(--max-layers 10 --min-layers 10 --distill-from runs/e2e-smollm2-1x$tag/final) ;;
+  3x-adapter) sched=(--speedup 3 --window 32 --entry-adapter 32) ;;   # issue 16's entry adapter lever
   *) echo "unknown run $name" >&2; exit 2 ;;
 esac
-out=runs/e2e-smollm2-$name
+out=runs/e2e-smollm2-$name$tag
 if [ "$what" = train ]; then
   resume=(); ls "$out"/checkpoint-* >/dev/null 2>&1 && resume=(--resume)
+  every=$([ "$STEPS" = 300 ] && echo "--eval-every 50 --save-every 25" || echo "--eval-every 100 --save-every 50")
   skipdecode train --model smollm2-135m --data "$DATA/devset.csv" "$DATA/clean-devel.csv" --out "$out" \
-    "${sched[@]}" --batch-size 16 --max-steps 300 --lr 2e-4 --warmup-steps 30 --seed 0 \
-    --eval-every 50 --holdout 0.05 --eval-examples 128 --eval-samples 4 --save-every 25 --keep-checkpoints 2 \
+    "${sched[@]}" --batch-size 16 --max-steps "$STEPS" --lr 2e-4 --warmup-steps $(( STEPS / 10 )) --seed 0 \
+    $every --holdout 0.05 --eval-examples 128 --eval-samples 4 --keep-checkpoints 2 \
     --threads 1 "${resume[@]}"
 elif [ "$what" = eval ]; then
   # Each model under the schedules it is scored at: folder suffix|label|eval's schedule flags (none:
@@ -50,6 +56,7 @@ elif [ "$what" = eval ]; then
     1x) runs=("|full||y") ;;
     2x|5x) runs=("|skipdecode||y") ;;
     3x-pd) runs=("|skipdecode-pd||y") ;;
+    3x-adapter) runs=("|skipdecode-adapter||y") ;;
     3x) runs=("|skipdecode||y" "-w26|skipdecode-w26|--speedup 3 --window 26|y") ;;
     static3x) runs=("|static||y") ;;
     static3x-d) runs=("|static-d||y") ;;
@@ -57,14 +64,14 @@ elif [ "$what" = eval ]; then
                     "-s4|range|--speedup 4 --window 32|n" "-s5|range|--speedup 5 --window 32|y"
                     "-static3|range-static|--max-layers 10 --min-layers 10|y") ;;
   esac
-  [ -f "build/e2e-$name/manifest.json" ] || skipdecode export --model "$out/final" --out "build/e2e-$name" --overwrite
+  [ -f "build/e2e-$name$tag/manifest.json" ] || skipdecode export --model "$out/final" --out "build/e2e-$name$tag" --overwrite
   for r in "${runs[@]}"; do
     IFS='|' read -r suffix label flags torch <<< "$r"
     read -ra flags <<< "$flags"
-    skipdecode eval --export "build/e2e-$name" --data "$DATA/testset_w_refs.csv" --method "$label" --batch-size 32 \
-      "${flags[@]}" --out "out/e2e/$name$suffix"
+    skipdecode eval --export "build/e2e-$name$tag" --data "$DATA/testset_w_refs.csv" --method "$label" --batch-size 32 \
+      "${flags[@]}" --out "out/e2e/$name$tag$suffix"
     [ "$torch" = y ] || continue
     OMP_NUM_THREADS=${EVAL_THREADS:-1} skipdecode eval --model "$out/final" --data "$DATA/testset_w_refs.csv" --method "$label" --batch-size 32 \
-      "${flags[@]}" --out "out/e2e/$name$suffix-torch"
+      "${flags[@]}" --out "out/e2e/$name$tag$suffix-torch"
   done
 fi
