@@ -168,7 +168,7 @@ class Schedule:
             hi, lo = min(L, 2 * target - floor), floor
         best, best_key = None, None
         for mx in range(floor, L + 1):
-            for mn in range(floor, mx + 1):
+            for mn in range(mx if window <= 1 else floor, mx + 1):  # one step: static, max = min
                 s = cls(L, mx, mn, window, warmup_layers, decay, power)
                 key = (round(abs(s.mean_layers() - target), 9), abs(mx - hi) + abs(mn - lo))
                 if best_key is None or key < best_key:

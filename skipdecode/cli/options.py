@@ -81,7 +81,9 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
 def build_schedule(args, num_layers: int, trained: Schedule | None = None) -> Schedule:
     if trained is not None and trained.num_layers != num_layers:
         raise SkipDecodeError(f"skipdecode.json is for {trained.num_layers} layers, the model has {num_layers}")
-    window = args.window if args.window is not None else (trained.window if trained else 32)
+    # the trained window, unless the checkpoint recorded full depth (a 1x or any-budget model, whose
+    # saved schedule has window 1): solving --speedup over that window would give static dropping
+    window = args.window if args.window is not None else (trained.window if trained and not trained.is_full else 32)
     explicit = args.max_layers is not None or args.min_layers is not None
     if args.speedup is not None and explicit:
         raise SkipDecodeError("give --speedup or --max-layers/--min-layers, not both")

@@ -41,3 +41,14 @@ def test_flags_override_the_family():
     other = build_schedule(flags("--speedup", "2", "--warmup-layers", "2"), 6, TRAINED)
     assert other.warmup_layers == 2 and other.drop_order is None  # the even order of 1 warm-up layer no longer fits
     assert other.prompt_layers == 4
+
+
+def test_a_full_depth_checkpoint_solves_speedups_over_the_default_window():
+    """A 1x or any-budget checkpoint records full depth (window 1); --speedup then decays over the
+    default 32 steps, as it was trained, not over 1 step (which would be static dropping)."""
+    full = Schedule.full(30)
+    s = build_schedule(flags("--speedup", "3"), 30, full)
+    assert s == Schedule.for_speedup(30, 3, window=32) and s.max_layers > s.min_layers
+    static = Schedule.constant(30, 10)  # a static checkpoint keeps its one-step "window": static stays static
+    assert build_schedule(flags("--speedup", "3"), 30, static).max_layers == build_schedule(
+        flags("--speedup", "3"), 30, static).min_layers
