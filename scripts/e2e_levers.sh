@@ -4,6 +4,7 @@
 # 10 warm-up steps, seed 0) on the E2E dev files with the same held-out MRs (--holdout 0.05, seed 0),
 # and is scored on those held-out MRs only (`skipdecode eval --heldout`), never on the test set.
 #   bash scripts/e2e_levers.sh train NAME   # NAME: base | warmup3 | window26 | power | narrow | gentle | static | distill
+#                                            #       | influence | even | static-influence | prompt15 (issue 16's drop orders, prompt depth)
 #   bash scripts/e2e_levers.sh eval NAME    # -> out/levers/NAME/report.json
 # "More steps" and "the any-budget range model" are read from the main runs (scripts/e2e_experiment.sh):
 #   bash scripts/e2e_levers.sh eval-run 1x|3x|static3x|range1-5   # the 300-step models, same held-out MRs
@@ -13,6 +14,7 @@ set -euo pipefail
 DATA=${DATA:-../shared/data/e2e}
 what=$1 name=$2
 sched=(--speedup 3 --window 32)
+INFLUENCE=14,13,12,17,15,11,26,9,25,16,3,6,2,7,10,5,8,4,19,18,21,27,20,22,28,23,1,24,29
 case $name in
   base) lever=() ;;
   narrow) sched=(--max-layers 13 --min-layers 7 --window 32); lever=() ;;  # 3x with half the decay of 15->5
@@ -22,6 +24,14 @@ case $name in
   window26) lever=(--window 26) ;;          # the 3x model's held-out outputs average 25.7 tokens (out/levers/run-3x)
   power) lever=(--decay power) ;;
   distill) lever=(--distill-from runs/e2e-smollm2-1x/final --distill-weight 0.5) ;;
+  # Issue 16's drop orders. The measured one is block influence 1 - cos(h_in, h_out) of the pretrained
+  # model on 64 dev examples' generated tokens, least influential first, printed by
+  # `python scripts/block_influence.py --data ../shared/data/e2e/devset.csv` (it drops the deep middle,
+  # 14, 13, 12, first; at 10 layers it keeps 0, 1, 20-24 and 27-29 where the paper keeps 0 and 21-29).
+  influence) lever=(--drop-order "$INFLUENCE") ;;
+  static-influence) sched=(--max-layers 10 --min-layers 10); lever=(--drop-order "$INFLUENCE") ;;
+  even) lever=(--drop-order even) ;;        # kept layers evenly spread
+  prompt15) lever=(--prompt-layers 15) ;;   # the prompt runs n_0 = 15 layers, not 30: half the prefill
   1x|3x|static3x|range1-5) lever=() ;;
   *) echo "unknown lever $name" >&2; exit 2 ;;
 esac

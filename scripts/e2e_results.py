@@ -3,6 +3,11 @@ table for docs/RESULTS.md and the quality-vs-speedup plot.
 
     python scripts/e2e_results.py [--reports out/e2e] [--bench out/e2e-bench]
                                   [--json docs/results/e2e.json] [--plot docs/results/e2e.png]
+                                  [--tag -s1200]
+
+Records already in --json whose report is not collected this time (an earlier budget's, scored in
+another session) are kept; a collected report replaces its record. --tag picks the budget the
+paired intervals compare (-s1200: STEPS=1200 bash scripts/e2e_experiment.sh) and the plot's reports.
 
 One record per model and schedule, scored through ONNX Runtime, with the PyTorch reference's
 scores on the same schedule beside it and the share of test rows whose greedy token ids are
@@ -78,6 +83,7 @@ def collect(reports: Path, bench: Path) -> list[dict]:
                 same = round(sum(x["token_ids"] == y["token_ids"] for x, y in zip(rows, ref)) / len(rows), 4)
         training = (t or {}).get("training") or {}
         sched = r["schedule_description"]
+        order = r["schedule"].get("drop_order")
         records.append({
             "model": folder.name.split("-s")[0].split("-w")[0], "method": r["method"],
             "target_speedup": r["target_speedup"], "layer_speedup": r["layer_speedup"],
@@ -86,19 +92,37 @@ def collect(reports: Path, bench: Path) -> list[dict]:
             "steps": training.get("step"), "schedule": sched, "mean_output_tokens": r["mean_output_tokens"],
             "torch_bleu": t["bleu"] if t else None, "torch_rouge_l": t["rouge_l"] if t else None,
             "same_ids_as_torch": same, "names_copied": names_copied(rows), "num_inputs": r["num_inputs"], "report": str(folder / "report.json"),
+            "drop_order": "paper" if order is None else ",".join(map(str, order)),
+            "prompt_layers": r["schedule"].get("prompt_layers") or r["schedule"]["num_layers"],
         })
     return sorted(records, key=lambda x: (x["model"], x["layer_speedup"]))
+
+
+def budget_tag(report: str) -> str:
+    """The STEPS tag in a report's folder name ("3x-s1200-w26" -> "-s1200"; 300-step runs have
+    none: "range1-5-s3"'s "-s3" is the speedup it is scored at)."""
+    m = re.search(r"-s\d{3,}", Path(report).parent.name)
+    return m.group(0) if m else ""
+
+
+def merged(new: list[dict], old_json: Path) -> list[dict]:
+    """``new`` plus the records of ``old_json`` whose report was not collected now (older budgets);
+    those gain the fields added since (drop_order, prompt_layers) at their defaults."""
+    old = load(old_json) if old_json.exists() else []
+    seen = {r["report"] for r in new}
+    kept = [{"drop_order": "paper", "prompt_layers": 30, **r} for r in old if r["report"] not in seen]
+    return sorted(kept + new, key=lambda x: (x.get("steps") or 0, x["model"], x["layer_speedup"]))
 
 
 def table(records: list[dict]) -> str:
     def f(v, fmt, suffix=""):
         return "-" if v is None else format(v, fmt) + suffix
 
-    lines = ["| model | scored as | schedule | realised speedup | BLEU | ROUGE-L | PyTorch BLEU / ROUGE-L | "
+    lines = ["| model | steps | scored as | schedule | realised speedup | BLEU | ROUGE-L | PyTorch BLEU / ROUGE-L | "
              "same ids as PyTorch | names copied | tok/s B=1 | tok/s B=32 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in records:
-        lines.append(f"| {x['model']} | {x['method']} | {x['schedule']} | {f(x['layer_speedup'], '.2f', 'x')} | "
+        lines.append(f"| {x['model']} | {f(x['steps'], 'd')} | {x['method']} | {x['schedule']} | {f(x['layer_speedup'], '.2f', 'x')} | "
                      f"{x['bleu']:.2f} | {x['rouge_l']:.2f} | {f(x['torch_bleu'], '.2f')} / {f(x['torch_rouge_l'], '.2f')} | "
                      f"{f(x['same_ids_as_torch'] and 100 * x['same_ids_as_torch'], '.1f', '%')} | "
                      f"{f(x['names_copied'] and 100 * x['names_copied'], '.1f', '%')} | "
@@ -107,8 +131,10 @@ def table(records: list[dict]) -> str:
 
 
 PAIRS = [("1x", "2x"), ("1x", "3x"), ("1x", "5x"), ("static3x", "3x"), ("range1-5-s3", "3x"), ("2x", "range1-5-s2"),
-         ("3x-pd", "3x"), ("static3x-d", "static3x"), ("static3x-d", "3x-pd")]
-"""Comparisons given a confidence interval (eval --out folder names under --reports)."""
+         ("3x-pd", "3x"), ("static3x-d", "static3x"), ("static3x-d", "3x-pd"),
+         ("1x", "3x-adapter"), ("3x-adapter", "3x"), ("static3x", "3x-adapter"), ("1x", "static3x"), ("1x", "3x-pd")]
+"""Comparisons given a confidence interval (eval --out folder names under --reports, before the
+budget's tag: 3x is 3x-s1200 with --tag -s1200)."""
 
 
 def paired(reports: Path, a: str, b: str) -> tuple[float, float, float] | None:
@@ -119,9 +145,10 @@ def paired(reports: Path, a: str, b: str) -> tuple[float, float, float] | None:
     return paired_bootstrap(outputs(reports / a), outputs(reports / b))
 
 
-def intervals(reports: Path) -> str:
+def intervals(reports: Path, tag: str = "") -> str:
     lines = ["| ROUGE-L of | minus | difference | 95% interval (paired bootstrap over MRs) |", "|---|---|---|---|"]
     for a, b in PAIRS:
+        a, b = a + tag, b + tag
         r = paired(reports, a, b)
         if r is not None:
             lines.append(f"| {a} | {b} | {r[0]:+.2f} | [{r[1]:+.2f}, {r[2]:+.2f}] |")
@@ -154,6 +181,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", default="docs/results/e2e.json")
     p.add_argument("--plot", default="docs/results/e2e.png")
     p.add_argument("--levers", default="out/levers", help="the levers study's eval --out folders")
+    p.add_argument("--tag", default="", help="the budget compared and plotted: '' (300 steps) or -s1200")
     args = p.parse_args(argv)
     reports = Path(args.reports)
     if not reports.is_dir():
@@ -163,11 +191,13 @@ def main(argv=None) -> int:
     if not records:
         print(f"e2e_results: {reports}: no report.json", file=sys.stderr)
         return 2
-    atomic_write_text(args.json, json.dumps(records, indent=2) + "\n")
-    loaded = [load_report(r["report"]) for r in records]
-    plot([{**r, "method": LABELS.get(r["method"], r["method"])} for r in loaded], args.plot)
-    print(table(records), end="")
-    print("\n" + intervals(reports), end="")
+    every = merged(records, Path(args.json))
+    atomic_write_text(args.json, json.dumps(every, indent=2) + "\n")
+    loaded = [load_report(r["report"]) for r in records if budget_tag(r["report"]) == args.tag]
+    if loaded:
+        plot([{**r, "method": LABELS.get(r["method"], r["method"])} for r in loaded], args.plot)
+    print(table(every), end="")
+    print("\n" + intervals(reports, args.tag), end="")
     if Path(args.levers).is_dir():
         print("\nLevers, on the held-out dev MRs:\n")
         print(levers(Path(args.levers), ROOT / "runs"), end="")

@@ -1,0 +1,48 @@
+"""scripts/e2e_results.py: the 1,200-step budget's records join docs/results/e2e.json without
+erasing the 300-step ones, and its intervals compare models of the same budget."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import e2e_results  # noqa: E402
+
+
+@pytest.mark.parametrize("folder, tag", [("3x-s1200", "-s1200"), ("3x-s1200-w26", "-s1200"), ("1x", ""),
+                                         ("range1-5-s3", ""), ("3x-w26", "")])
+def test_budget_tag(folder, tag):
+    assert e2e_results.budget_tag(f"out/e2e/{folder}/report.json") == tag
+
+
+def test_merged_keeps_other_budgets_and_replaces_rescored(tmp_path):
+    old = [{"model": "3x", "report": "out/e2e/3x/report.json", "steps": 300, "layer_speedup": 2.76, "rouge_l": 55.5},
+           {"model": "1x", "report": "out/e2e/1x/report.json", "steps": 300, "layer_speedup": 1.0, "rouge_l": 60.0}]
+    path = tmp_path / "e2e.json"
+    path.write_text(json.dumps(old))
+    new = [{"model": "1x", "report": "out/e2e/1x/report.json", "steps": 300, "layer_speedup": 1.0, "rouge_l": 61.0,
+            "drop_order": "paper", "prompt_layers": 30},
+           {"model": "3x", "report": "out/e2e/3x-s1200/report.json", "steps": 1200, "layer_speedup": 2.8,
+            "rouge_l": 58.0, "drop_order": "paper", "prompt_layers": 30}]
+    got = e2e_results.merged(new, path)
+    assert [(r["report"], r["rouge_l"]) for r in got] == [
+        ("out/e2e/1x/report.json", 61.0), ("out/e2e/3x/report.json", 55.5), ("out/e2e/3x-s1200/report.json", 58.0)]
+    assert all(r["drop_order"] == "paper" and r["prompt_layers"] == 30 for r in got)
+    assert e2e_results.merged(new, tmp_path / "missing.json") == sorted(new, key=lambda r: r["steps"])
+
+
+def test_intervals_compare_within_the_tagged_budget(tmp_path):
+    def write(name, scores):
+        (tmp_path / name).mkdir()
+        rows = [{"input": str(i), "rouge_l": s} for i, s in enumerate(scores)]
+        (tmp_path / name / "outputs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write("1x", [50.0] * 20)
+    write("3x", [50.0] * 20)
+    write("1x-s1200", [60.0] * 20)
+    write("3x-s1200", [58.0] * 20)
+    short, long = e2e_results.intervals(tmp_path), e2e_results.intervals(tmp_path, "-s1200")
+    assert "| 1x | 3x | +0.00 |" in short and "s1200" not in short
+    assert "| 1x-s1200 | 3x-s1200 | +2.00 | [+2.00, +2.00] |" in long
