@@ -10,6 +10,8 @@
 # one core of the 2-core CPU, so a run is 35-50 minutes.
 # STEPS=1200 (issue 16's 4x budget) trains into runs/e2e-smollm2-NAME-s1200 instead, with 10%
 # warm-up steps, an evaluation every 100 steps and a checkpoint every 50; `eval` reads the same folder.
+# Every run keeps the paper's drop order and a full-depth prompt: the short runs of docs/RESULTS.md
+# (scripts/e2e_levers.sh: influence, even, prompt15) found nothing better.
 set -euo pipefail
 DATA=${DATA:-../shared/data/e2e}
 STEPS=${STEPS:-300}
