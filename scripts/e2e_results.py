@@ -174,6 +174,25 @@ def levers(folder: Path, runs: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def curves(runs: Path, tag: str) -> str:
+    """Held-out dev loss per evaluation step of every run of the budget ``tag`` (its log.jsonl),
+    one column per run: where a longer budget stops paying."""
+    logs = {}
+    for run in sorted(runs.glob(f"e2e-smollm2-*{tag}")):
+        if tag == "" and re.search(r"-s\d{3,}$", run.name):
+            continue
+        if (run / "log.jsonl").exists():
+            logs[run.name[len("e2e-smollm2-"):len(run.name) - len(tag)]] = {
+                r["step"]: r["dev_loss"] for r in read_jsonl(run / "log.jsonl") if r.get("event") == "eval"}
+    if not logs:
+        return ""
+    steps = sorted({k for v in logs.values() for k in v})
+    lines = ["| step | " + " | ".join(logs) + " |", "|---" * (len(logs) + 1) + "|"]
+    for step in steps:
+        lines.append(f"| {step} | " + " | ".join(f"{v[step]:.3f}" if step in v else "-" for v in logs.values()) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reports", default="out/e2e", help="eval --out folders (NAME and NAME-torch)")
@@ -198,6 +217,9 @@ def main(argv=None) -> int:
         plot([{**r, "method": LABELS.get(r["method"], r["method"])} for r in loaded], args.plot)
     print(table(every), end="")
     print("\n" + intervals(reports, args.tag), end="")
+    if curves(ROOT / "runs", args.tag):
+        print(f"\nHeld-out dev loss during training ({args.tag or '300 steps'}):\n")
+        print(curves(ROOT / "runs", args.tag), end="")
     if Path(args.levers).is_dir():
         print("\nLevers, on the held-out dev MRs:\n")
         print(levers(Path(args.levers), ROOT / "runs"), end="")

@@ -46,3 +46,19 @@ def test_intervals_compare_within_the_tagged_budget(tmp_path):
     short, long = e2e_results.intervals(tmp_path), e2e_results.intervals(tmp_path, "-s1200")
     assert "| 1x | 3x | +0.00 |" in short and "s1200" not in short
     assert "| 1x-s1200 | 3x-s1200 | +2.00 | [+2.00, +2.00] |" in long
+
+
+def test_curves_one_column_per_run_of_the_budget(tmp_path):
+    def log(name, evals):
+        (tmp_path / name).mkdir()
+        lines = [{"event": "train", "step": 1}] + [{"event": "eval", "step": s, "dev_loss": v} for s, v in evals]
+        (tmp_path / name / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+    log("e2e-smollm2-1x-s1200", [(100, 1.2), (200, 1.1)])
+    log("e2e-smollm2-3x-s1200", [(100, 2.0)])
+    log("e2e-smollm2-3x", [(50, 3.0)])
+    got = e2e_results.curves(tmp_path, "-s1200")
+    assert got.splitlines() == ["| step | 1x | 3x |", "|---|---|---|", "| 100 | 1.200 | 2.000 |", "| 200 | 1.100 | - |"]
+    assert e2e_results.curves(tmp_path, "").splitlines()[0] == "| step | 3x |"
+    (tmp_path / "empty").mkdir()
+    assert e2e_results.curves(tmp_path / "empty", "-s1200") == ""
