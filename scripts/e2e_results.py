@@ -3,7 +3,7 @@ table for docs/RESULTS.md and the quality-vs-speedup plot.
 
     python scripts/e2e_results.py [--reports out/e2e] [--bench out/e2e-bench]
                                   [--json docs/results/e2e.json] [--plot docs/results/e2e.png]
-                                  [--tag -s1200]
+                                  [--tag=-s1200]
 
 Records already in --json whose report is not collected this time (an earlier budget's, scored in
 another session) are kept; a collected report replaces its record. --tag picks the budget the
@@ -200,7 +200,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", default="docs/results/e2e.json")
     p.add_argument("--plot", default="docs/results/e2e.png")
     p.add_argument("--levers", default="out/levers", help="the levers study's eval --out folders")
-    p.add_argument("--tag", default="", help="the budget compared and plotted: '' (300 steps) or -s1200")
+    p.add_argument("--tag", default="", help="the budget compared and plotted: '' (300 steps) or =-s1200 (--tag=-s1200)")
     args = p.parse_args(argv)
     reports = Path(args.reports)
     if not reports.is_dir():
