@@ -98,11 +98,16 @@ def collect(reports: Path, bench: Path) -> list[dict]:
     return sorted(records, key=lambda x: (x["model"], x["layer_speedup"]))
 
 
-def budget_tag(report: str) -> str:
-    """The STEPS tag in a report's folder name ("3x-s1200-w26" -> "-s1200"; 300-step runs have
-    none: "range1-5-s3"'s "-s3" is the speedup it is scored at)."""
-    m = re.search(r"-s\d{3,}", Path(report).parent.name)
+def name_tag(name: str) -> str:
+    """The STEPS tag in an eval or run folder's name ("3x-s1200-w26" -> "-s1200"; 300-step runs
+    have none: "range1-5-s3"'s "-s3" is the speedup it is scored at)."""
+    m = re.search(r"-s\d{3,}", name)
     return m.group(0) if m else ""
+
+
+def budget_tag(report: str) -> str:
+    """The STEPS tag of a report.json, from its folder's name."""
+    return name_tag(Path(report).parent.name)
 
 
 def merged(new: list[dict], old_json: Path) -> list[dict]:
@@ -134,7 +139,7 @@ PAIRS = [("1x", "2x"), ("1x", "3x"), ("1x", "5x"), ("static3x", "3x"), ("range1-
          ("3x-pd", "3x"), ("static3x-d", "static3x"), ("static3x-d", "3x-pd"),
          ("1x", "3x-adapter"), ("3x-adapter", "3x"), ("static3x", "3x-adapter"), ("1x", "static3x"), ("1x", "3x-pd")]
 """Comparisons given a confidence interval (eval --out folder names under --reports, before the
-budget's tag: 3x is 3x-s1200 with --tag -s1200)."""
+budget's tag: 3x is 3x-s1200 with --tag=-s1200)."""
 
 
 def paired(reports: Path, a: str, b: str) -> tuple[float, float, float] | None:
@@ -179,9 +184,7 @@ def curves(runs: Path, tag: str) -> str:
     one column per run: where a longer budget stops paying."""
     logs = {}
     for run in sorted(runs.glob(f"e2e-smollm2-*{tag}")):
-        if tag == "" and re.search(r"-s\d{3,}$", run.name):
-            continue
-        if (run / "log.jsonl").exists():
+        if name_tag(run.name) == tag and (run / "log.jsonl").exists():
             logs[run.name[len("e2e-smollm2-"):len(run.name) - len(tag)]] = {
                 r["step"]: r["dev_loss"] for r in read_jsonl(run / "log.jsonl") if r.get("event") == "eval"}
     if not logs:
@@ -217,9 +220,10 @@ def main(argv=None) -> int:
         plot([{**r, "method": LABELS.get(r["method"], r["method"])} for r in loaded], args.plot)
     print(table(every), end="")
     print("\n" + intervals(reports, args.tag), end="")
-    if curves(ROOT / "runs", args.tag):
+    curve = curves(ROOT / "runs", args.tag)
+    if curve:
         print(f"\nHeld-out dev loss during training ({args.tag or '300 steps'}):\n")
-        print(curves(ROOT / "runs", args.tag), end="")
+        print(curve, end="")
     if Path(args.levers).is_dir():
         print("\nLevers, on the held-out dev MRs:\n")
         print(levers(Path(args.levers), ROOT / "runs"), end="")
