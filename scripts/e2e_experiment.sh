@@ -4,12 +4,15 @@
 # evaluated on the whole test set through ONNX Runtime and the PyTorch reference.
 #   bash scripts/e2e_experiment.sh train NAME   # NAME: 3x | 1x | static3x | 2x | 5x | range1-5 | 3x-pd | static3x-d | 3x-adapter
 #   bash scripts/e2e_experiment.sh eval NAME   # export, then score the test set: ONNX Runtime and PyTorch
+#   CKPT=best bash scripts/e2e_experiment.sh eval NAME   # the same for the run's best/ checkpoint
 #   bash scripts/e2e_experiment.sh bench       # tokens/s of every schedule scored, batch 1 and 32
 #   python scripts/e2e_results.py              # docs/results/e2e.json, the table and the plot
 # Re-running `train` resumes from the newest checkpoint. About 7 s (3x) to 10 s (1x) per step on
 # one core of the 2-core CPU, so a run is 35-50 minutes.
 # STEPS=1200 (issue 16's 4x budget) trains into runs/e2e-smollm2-NAME-s1200 instead, with 10%
 # warm-up steps, an evaluation every 100 steps and a checkpoint every 50; `eval` reads the same folder.
+# Every run also keeps best/, the weights at its lowest held-out dev loss (--keep-best): the 1,200-step
+# runs' loss bottoms near step 500. CKPT=best scores it (out/e2e/NAME-s1200-best, ...) beside final/.
 # Every run keeps the paper's drop order and a full-depth prompt: the short runs of docs/RESULTS.md
 # (scripts/e2e_levers.sh: influence, even, prompt15) found nothing better.
 set -euo pipefail
@@ -47,7 +50,7 @@ if [ "$what" = train ]; then
   every=$([ "$STEPS" = 300 ] && echo "--eval-every 50 --save-every 25" || echo "--eval-every 100 --save-every 50")
   skipdecode train --model smollm2-135m --data "$DATA/devset.csv" "$DATA/clean-devel.csv" --out "$out" \
     "${sched[@]}" --batch-size 16 --max-steps "$STEPS" --lr 2e-4 --warmup-steps $(( STEPS / 10 )) --seed 0 \
-    $every --holdout 0.05 --eval-examples 128 --eval-samples 4 --keep-checkpoints 2 \
+    $every --holdout 0.05 --eval-examples 128 --eval-samples 4 --keep-checkpoints 2 --keep-best \
     --threads 1 "${resume[@]}"
 elif [ "$what" = eval ]; then
   # Each model under the schedules it is scored at: folder suffix|label|eval's schedule flags (none:
@@ -66,14 +69,17 @@ elif [ "$what" = eval ]; then
                     "-s4|range|--speedup 4 --window 32|n" "-s5|range|--speedup 5 --window 32|y"
                     "-static3|range-static|--max-layers 10 --min-layers 10|y") ;;
   esac
-  [ -f "build/e2e-$name$tag/manifest.json" ] || skipdecode export --model "$out/final" --out "build/e2e-$name$tag" --overwrite
+  ckpt=${CKPT:-final}
+  [ "$ckpt" = final ] || [ "$ckpt" = best ] || { echo "CKPT must be final or best, got $ckpt" >&2; exit 2; }
+  tag=$tag$([ "$ckpt" = final ] || echo "-$ckpt")   # build/ and out/ folders: NAME-s1200-best for best/
+  [ -f "build/e2e-$name$tag/manifest.json" ] || skipdecode export --model "$out/$ckpt" --out "build/e2e-$name$tag" --overwrite
   for r in "${runs[@]}"; do
     IFS='|' read -r suffix label flags torch <<< "$r"
     read -ra flags <<< "$flags"
     skipdecode eval --export "build/e2e-$name$tag" --data "$DATA/testset_w_refs.csv" --method "$label" --batch-size 32 \
       "${flags[@]}" --out "out/e2e/$name$tag$suffix"
     [ "$torch" = y ] || continue
-    OMP_NUM_THREADS=${EVAL_THREADS:-1} skipdecode eval --model "$out/final" --data "$DATA/testset_w_refs.csv" --method "$label" --batch-size 32 \
+    OMP_NUM_THREADS=${EVAL_THREADS:-1} skipdecode eval --model "$out/$ckpt" --data "$DATA/testset_w_refs.csv" --method "$label" --batch-size 32 \
       "${flags[@]}" --out "out/e2e/$name$tag$suffix-torch"
   done
 fi

@@ -7,7 +7,8 @@ table for docs/RESULTS.md and the quality-vs-speedup plot.
 
 Records already in --json whose report is not collected this time (an earlier budget's, scored in
 another session) are kept; a collected report replaces its record. --tag picks the budget the
-paired intervals compare (-s1200: STEPS=1200 bash scripts/e2e_experiment.sh) and the plot's reports.
+paired intervals compare (-s1200: STEPS=1200 bash scripts/e2e_experiment.sh) and the plot's reports;
+-s1200-best compares the runs' best/ checkpoints (lowest held-out dev loss, CKPT=best ... eval NAME).
 
 One record per model and schedule, scored through ONNX Runtime, with the PyTorch reference's
 scores on the same schedule beside it and the share of test rows whose greedy token ids are
@@ -94,14 +95,16 @@ def collect(reports: Path, bench: Path) -> list[dict]:
             "same_ids_as_torch": same, "names_copied": names_copied(rows), "num_inputs": r["num_inputs"], "report": str(folder / "report.json"),
             "drop_order": "paper" if order is None else ",".join(map(str, order)),
             "prompt_layers": r["schedule"].get("prompt_layers") or r["schedule"]["num_layers"],
+            "checkpoint": "best" if name_tag(folder.name).endswith("-best") else "final",
         })
     return sorted(records, key=lambda x: (x["model"], x["layer_speedup"]))
 
 
 def name_tag(name: str) -> str:
-    """The STEPS tag in an eval or run folder's name ("3x-s1200-w26" -> "-s1200"; 300-step runs
-    have none: "range1-5-s3"'s "-s3" is the speedup it is scored at)."""
-    m = re.search(r"-s\d{3,}", name)
+    """The STEPS tag in an eval or run folder's name ("3x-s1200-w26" -> "-s1200", a best/ checkpoint's
+    "3x-s1200-best" -> "-s1200-best"; 300-step runs have none: "range1-5-s3"'s "-s3" is the speedup
+    it is scored at)."""
+    m = re.search(r"-s\d{3,}(?:-best)?", name)
     return m.group(0) if m else ""
 
 
@@ -112,10 +115,10 @@ def budget_tag(report: str) -> str:
 
 def merged(new: list[dict], old_json: Path) -> list[dict]:
     """``new`` plus the records of ``old_json`` whose report was not collected now (older budgets);
-    those gain the fields added since (drop_order, prompt_layers) at their defaults."""
+    those gain the fields added since (drop_order, prompt_layers, checkpoint) at their defaults."""
     old = load(old_json) if old_json.exists() else []
     seen = {r["report"] for r in new}
-    kept = [{"drop_order": "paper", "prompt_layers": 30, **r} for r in old if r["report"] not in seen]
+    kept = [{"drop_order": "paper", "prompt_layers": 30, "checkpoint": "final", **r} for r in old if r["report"] not in seen]
     return sorted(kept + new, key=lambda x: (x.get("steps") or 0, x["model"], x["layer_speedup"]))
 
 
@@ -220,7 +223,7 @@ def main(argv=None) -> int:
         plot([{**r, "method": LABELS.get(r["method"], r["method"])} for r in loaded], args.plot)
     print(table(every), end="")
     print("\n" + intervals(reports, args.tag), end="")
-    curve = curves(ROOT / "runs", args.tag)
+    curve = curves(ROOT / "runs", args.tag.removesuffix("-best"))  # a run's curve covers both checkpoints
     if curve:
         print(f"\nHeld-out dev loss during training ({args.tag or '300 steps'}):\n")
         print(curve, end="")

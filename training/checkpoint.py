@@ -25,6 +25,7 @@ from skipdecode.schedule import SCHEDULE_FILE
 TRAINER_STATE = "trainer_state.pt"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 FINAL = "final"
+BEST = "best"  # --keep-best: the lowest held-out dev loss so far (weights only, not resumable)
 
 
 def checkpoint_name(step: int) -> str:

@@ -36,6 +36,10 @@ class TrainConfig:
     """Write a checkpoint every N steps (0: only at the end and on Ctrl-C)."""
     keep_checkpoints: int = 2
     """Numbered checkpoints to keep (the final one is kept as well)."""
+    keep_best: bool = False
+    """Also keep the weights with the lowest held-out dev loss so far in best/ (rewritten at each
+    evaluation that lowers it, step 0 included; needs eval_every and held-out examples). Its
+    skipdecode.json records the step and the dev loss; best/ loads, exports and scores like final/."""
     log_every: int = 10
     """Append the mean training loss to log.jsonl every N steps."""
     eval_examples: int = 128
@@ -74,6 +78,8 @@ class TrainConfig:
                      "keep_checkpoints"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.keep_best and not (self.eval_every and self.eval_examples):
+            raise ValueError("keep_best needs eval_every and eval_examples > 0 (the dev loss it keeps the best of)")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.weight_decay < 0 or self.max_grad_norm < 0:

@@ -91,6 +91,7 @@ class Trainer:
         self.step = 0
         self.last_stats: dict = {}
         self.train_loss: float | None = None
+        self.best: dict | None = None  # --keep-best: {"step", "dev_loss"} of best/
         self._is_set_up = False
 
     # ---- setup --------------------------------------------------------------------------------
@@ -186,6 +187,8 @@ class Trainer:
         self.eval_pairs, _ = tokenize(spread(list(self.eval_examples), cfg.eval_examples), self.tokenizer,
                                       cfg.max_length)
         self.sample_examples = spread(first_per_prompt(self.eval_examples), cfg.eval_samples)
+        if cfg.keep_best and not self.eval_pairs:
+            raise SkipDecodeError("--keep-best: no held-out example to take the dev loss on (give --eval-data or --holdout)")
         self.stream = BatchStream([len(p) + len(t) for p, t in self.pairs], cfg.batch_size, cfg.seed)
         self.total_steps = cfg.total_steps(math.ceil(len(self.stream) / self.accelerator.num_processes))
 
@@ -219,6 +222,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["lr_scheduler"])
         self.rng.setstate(state["rng"])
+        self.best = state.get("best")  # a checkpoint from before --keep-best has none: the next evaluation writes best/
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -244,6 +248,7 @@ class Trainer:
             "sampler": self.sampler.to_dict(),
             "num_train": len(self.pairs),
             "total_steps": self.total_steps,
+            "best": self.best,
         }
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -344,8 +349,18 @@ class Trainer:
                            "samples": samples, "eval_examples": len(self.eval_pairs),
                            "eval_s": round(time.perf_counter() - t0, 2)})
             self.log(record)
+            self._keep_if_best(record["dev_loss"])
         self.accelerator.wait_for_everyone()
         return record
+
+    def _keep_if_best(self, loss: float | None) -> None:
+        """--keep-best: write best/ when ``loss`` (this step's dev loss) is the lowest so far."""
+        if not self.cfg.keep_best or loss is None or (self.best is not None and loss >= self.best["dev_loss"]):
+            return
+        self.best = {"step": self.step, "dev_loss": loss}
+        path = ckpt.save_checkpoint(self.unwrapped, self.tokenizer_dir, self.out / ckpt.BEST,
+                                    {**self.info(), "dev_loss": loss})
+        self.log({"event": "best", "step": self.step, "dev_loss": loss, "path": str(path)})
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self, hooks: Sequence[Callable[["Trainer"], None]] = ()) -> TrainResult:

@@ -12,6 +12,7 @@ import e2e_results  # noqa: E402
 
 
 @pytest.mark.parametrize("folder, tag", [("3x-s1200", "-s1200"), ("3x-s1200-w26", "-s1200"), ("1x", ""),
+                                         ("3x-s1200-best", "-s1200-best"), ("3x-s1200-best-w26", "-s1200-best"),
                                          ("range1-5-s3", ""), ("3x-w26", "")])
 def test_budget_tag(folder, tag):
     assert e2e_results.budget_tag(f"out/e2e/{folder}/report.json") == tag
@@ -30,6 +31,7 @@ def test_merged_keeps_other_budgets_and_replaces_rescored(tmp_path):
     assert [(r["report"], r["rouge_l"]) for r in got] == [
         ("out/e2e/1x/report.json", 61.0), ("out/e2e/3x/report.json", 55.5), ("out/e2e/3x-s1200/report.json", 58.0)]
     assert all(r["drop_order"] == "paper" and r["prompt_layers"] == 30 for r in got)
+    assert got[1]["checkpoint"] == "final"  # an old record gains the field at its default
     assert e2e_results.merged(new, tmp_path / "missing.json") == sorted(new, key=lambda r: r["steps"])
 
 
@@ -43,9 +45,13 @@ def test_intervals_compare_within_the_tagged_budget(tmp_path):
     write("3x", [50.0] * 20)
     write("1x-s1200", [60.0] * 20)
     write("3x-s1200", [58.0] * 20)
+    write("1x-s1200-best", [61.0] * 20)
+    write("3x-s1200-best", [58.0] * 20)
     short, long = e2e_results.intervals(tmp_path), e2e_results.intervals(tmp_path, "-s1200")
+    best = e2e_results.intervals(tmp_path, "-s1200-best")
     assert "| 1x | 3x | +0.00 |" in short and "s1200" not in short
-    assert "| 1x-s1200 | 3x-s1200 | +2.00 | [+2.00, +2.00] |" in long
+    assert "| 1x-s1200 | 3x-s1200 | +2.00 | [+2.00, +2.00] |" in long and "best" not in long
+    assert "| 1x-s1200-best | 3x-s1200-best | +3.00 | [+3.00, +3.00] |" in best
 
 
 def test_curves_one_column_per_run_of_the_budget(tmp_path):

@@ -236,3 +236,42 @@ def test_a_full_disk_is_one_line_and_keeps_earlier_checkpoints(train_llama, tmp_
     assert "warning: 0.0 GB free under" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "run").iterdir() if "checkpoint" in p.name) == ["checkpoint-000001"]
     assert ckpt.load_trainer_state(tmp_path / "run" / "checkpoint-000001")["step"] == 1
+
+
+def test_keep_best_keeps_the_lowest_dev_loss_across_a_resume(train_llama, tmp_path, monkeypatch):
+    """--keep-best: best/ holds the weights of the evaluation with the lowest dev loss (here a
+    scripted one), equal to that step's numbered checkpoint; the best so far survives Ctrl-C and
+    --resume, so a worse loss after the resume does not overwrite it."""
+    from skipdecode.training import trainer as trainer_module
+
+    scripted = {0: 5.0, 1: 4.0, 2: 3.0, 3: 3.5, 4: 3.2, 5: 2.9, 6: 3.3}
+    current = {}
+    monkeypatch.setattr(trainer_module, "dev_loss", lambda *a, **k: scripted[current["trainer"].step])
+    examples = load_examples([write_e2e(tmp_path / "d.csv", e2e_rows(10))])
+    kw = dict(max_steps=6, eval_every=1, eval_samples=0, save_every=1, keep_checkpoints=0, keep_best=True)
+
+    def run(out, hooks=(), **extra):
+        t = Trainer(config(out, **kw), str(train_llama), examples, examples[:4], fixed(3), **extra)
+        current["trainer"] = t
+        return t.run(hooks=hooks)
+
+    def ctrl_c(t):
+        if t.step == 3:
+            signal.raise_signal(signal.SIGINT)
+
+    assert run(tmp_path / "run", hooks=[ctrl_c]).interrupted
+    info = json.loads((tmp_path / "run/best/skipdecode.json").read_text())
+    assert (info["step"], info["dev_loss"]) == (2, 3.0)
+    run(tmp_path / "run", resume=True)
+    info = json.loads((tmp_path / "run/best/skipdecode.json").read_text())
+    assert (info["step"], info["dev_loss"]) == (5, 2.9)  # not 4 (3.2 > 3.0), not 6 (3.3)
+    best, at5 = final_weights(tmp_path / "run/best"), final_weights(tmp_path / "run/checkpoint-000005")
+    assert best.keys() == at5.keys() and all(torch.equal(best[k], at5[k]) for k in best)
+    assert not torch.equal(best["model.embed_tokens.weight"], final_weights(tmp_path / "run/final")["model.embed_tokens.weight"])
+    events = [json.loads(line) for line in (tmp_path / "run/log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in events if r["event"] == "best"] == [0, 1, 2, 5]
+    assert load_model(str(tmp_path / "run/best")).schedule == Schedule.for_speedup(6, 3, 8)
+    with pytest.raises(SkipDecodeError, match="--keep-best: no held-out example"):
+        Trainer(config(tmp_path / "none", **kw), str(train_llama), examples, [], fixed(3)).setup()
+    with pytest.raises(ValueError, match="keep_best needs eval_every"):
+        config(tmp_path / "x", keep_best=True)
