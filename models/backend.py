@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from skipdecode.models.base import SkipLM
-from skipdecode.runtime.backend import Range
+from skipdecode.runtime.backend import Range, entering_rows
 from skipdecode.runtime.feeds import KVLengths, check_capacity
 from skipdecode.schedule import entries
 
@@ -95,12 +95,9 @@ class TorchBackend:
 
             part_rope = None if rope is None else tuple(r[a:b] for r in rope)
             part = hidden[a:b]  # (n, 1, hidden)
-            if self.model.entry_adapters is not None:
-                a1, b1 = ranges[l - 1] if l > 0 else (a, b)  # the rows that ran layer l - 1
-                row = torch.arange(a, b, device=self.device)
-                enters = (row < a1) | (row >= b1)  # (n,) rows that run layer l but skipped l - 1
-                if bool(enters.any()):
-                    part = torch.where(enters[:, None, None], self.model.enter(l, part), part)
+            if self.model.entry_adapters is not None and l > 0:
+                for lo, hi in entering_rows((a, b), ranges[l - 1]):  # rows that run l but skipped l - 1
+                    part = torch.cat([part[:lo - a], self.model.enter(l, part[lo - a:hi - a]), part[hi - a:]])
             out = self.model.decoder_layers[l](part, part_rope, mask, kv)
             hidden = torch.cat([hidden[:a], out, hidden[b:]])
             self.kv_lengths.advance(l, a, b)

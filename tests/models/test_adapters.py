@@ -128,3 +128,38 @@ def test_low_rank_init_follows_the_seed(tiny_models):
     assert not torch.equal(a["2"].down.weight, c["2"].down.weight)
     assert not a["2"].up.weight.any()
     assert a["3"].down.weight.shape == (4, 32)
+
+
+def torch_batch_against_alone(model, seed: int) -> list[bool]:
+    """Random arrivals and per-request schedules (mixed depths: some rows enter a layer others ran
+    the layer below) on one 3-row continuous batch of the PyTorch reference: whether each
+    request's greedy ids equal its own alone."""
+    import numpy as np
+
+    from skipdecode.models.backend import TorchBackend
+    from skipdecode.runtime.engine import Engine, EngineConfig
+    from skipdecode.runtime.request import Request
+    from tiny import run_arrivals, solo_tokens
+
+    rng = np.random.default_rng(seed)
+    family = [Schedule.full(6), Schedule(6, 5, 2, window=6), Schedule.constant(6, 3), Schedule(6, 4, 1, window=4)]
+    reqs = [(int(rng.integers(0, 10)), Request(rng.integers(3, 90, int(rng.integers(1, 10))).tolist(),
+                                               int(rng.integers(2, 12)), family[int(rng.integers(0, len(family)))],
+                                               ignore_eos=True))
+            for _ in range(6)]
+    engine = Engine(TorchBackend(model), [2], 0, EngineConfig(max_rows=3, max_len=32))
+    run_arrivals(engine, reqs)
+    return [engine.pop_result(r.request_id).token_ids == solo_tokens(TorchBackend(model), r, 32) for _, r in reqs]
+
+
+def test_the_reference_maps_only_entering_rows_of_a_mixed_batch(tiny_models, monkeypatch):
+    """The PyTorch reference in a continuous batch equals each request alone, and mapping every
+    row of a layer that some row enters (not only those that skipped the layer below) breaks it."""
+    from skipdecode.models import backend
+    from skipdecode.runtime.backend import entering_rows
+
+    _, loaded = tiny_models["llama"]
+    model = with_adapters(loaded, 3, range(1, 6), scale=0.5)
+    assert all(ok for seed in range(3) for ok in torch_batch_against_alone(model, seed))
+    monkeypatch.setattr(backend, "entering_rows", lambda rows, below: [rows] if entering_rows(rows, below) else [])
+    assert not all(ok for seed in range(3) for ok in torch_batch_against_alone(model, seed))
