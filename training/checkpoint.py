@@ -20,7 +20,7 @@ import torch
 from skipdecode.errors import SkipDecodeError
 from skipdecode.io import atomic_dir
 from skipdecode.models.loading import copy_tokenizer
-from skipdecode.schedule import SCHEDULE_FILE
+from skipdecode.schedule import Schedule, write_schedule_file
 
 TRAINER_STATE = "trainer_state.pt"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -98,7 +98,8 @@ def _write(model, tokenizer_dir: Path, dst: Path, info: dict, trainer_state: dic
         if not (tmp / "generation_config.json").exists():
             gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
             (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
-        (tmp / SCHEDULE_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        raw = info["schedule"]
+        write_schedule_file(tmp, Schedule.from_dict(raw) if raw else None, {k: v for k, v in info.items() if k != "schedule"})
         if trainer_state is not None:
             torch.save(trainer_state, tmp / TRAINER_STATE)
 
