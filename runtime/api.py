@@ -19,7 +19,7 @@ from skipdecode.runtime.generate import GenerationConfig, GenerationRun, generat
 from skipdecode.runtime.manifest import MANIFEST
 from skipdecode.runtime.request import Request, RowResult
 from skipdecode.runtime.sampling import SamplingConfig
-from skipdecode.schedule import Schedule
+from skipdecode.schedule import Schedule, default_window
 from skipdecode.tokenizer import Tokenizer
 
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -72,19 +72,21 @@ class Runtime:
     def num_layers(self) -> int:
         return self.backend.num_layers
 
-    def schedule(self, schedule: Schedule | None = None, speedup: float | None = None, window: int = 32,
+    def schedule(self, schedule: Schedule | None = None, speedup: float | None = None, window: int | None = None,
                  like: Schedule | None = None) -> Schedule:
         """An explicit schedule, one solved for ``speedup``, the export's own, or full depth.
 
         A solved schedule keeps the family (warm-up layers, drop order, prompt depth) of ``like``,
         by default the export's own schedule: rows of one batch must share their nesting, and the
-        model runs as it was fine-tuned."""
+        model runs as it was fine-tuned. ``window`` defaults to that schedule's (``default_window``)."""
         if schedule is not None and speedup is not None:
             raise SkipDecodeError("give a schedule or a speedup, not both")
         if schedule is not None:
             return schedule
         if speedup is not None:
-            family = (like or self.own_schedule or Schedule.full(self.num_layers)).family()
+            base = like or self.own_schedule
+            family = (base or Schedule.full(self.num_layers)).family()
+            window = window if window is not None else default_window(base)
             try:
                 return Schedule.full(self.num_layers, **family) if speedup == 1 else Schedule.for_speedup(
                     self.num_layers, speedup, window, **family)
@@ -101,7 +103,7 @@ class Runtime:
                  schedule: Schedule | Sequence[Schedule] | None = None,
                  speedup: float | None = None, max_new_tokens: int | Sequence[int] = 64, batch_size: int = 8,
                  sampling: SamplingConfig | None = None, stop: Sequence[str] = (), ignore_eos: bool = False,
-                 progress=None, window: int = 32, policy: str = "continuous") -> list[RowResult]:
+                 progress=None, window: int | None = None, policy: str = "continuous") -> list[RowResult]:
         """Generate for text prompts (or token-id lists); rows in input order with text filled in.
         ``schedule`` and ``max_new_tokens`` may be one per prompt."""
         if isinstance(prompts, str):
@@ -140,7 +142,7 @@ class Runtime:
 
     def stream(self, prompts: Sequence[str] | str, schedule: Schedule | None = None, speedup: float | None = None,
                max_new_tokens: int = 64, sampling: SamplingConfig | None = None, stop: Sequence[str] = (),
-               ignore_eos: bool = False, window: int = 32) -> Iterator[TextEvent]:
+               ignore_eos: bool = False, window: int | None = None) -> Iterator[TextEvent]:
         """Yield each prompt's text as tokens arrive (incremental detokenization; stop strings cut)."""
         if isinstance(prompts, str):
             prompts = [prompts]

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from skipdecode.schedule import DEFAULT_WINDOW
+
 TIMED_RUNS = 3
 """Timed generations per schedule in the demo, alternating full and skip; the fastest counts."""
 
@@ -31,7 +33,7 @@ class DemoConfig:
     """Fine-tuning steps (batch 16); 3.5-4 s each on the 2-core CPUs (fp32, two threads). At 60 the
     skip column wrote only the name ("Blue Spice."); at 120 it writes sentences (scripts/demo_recipe.sh)."""
     speedup: float = 3.0
-    window: int = 32
+    window: int = DEFAULT_WINDOW
     any_budget: bool = True
     """Fine-tune on a schedule drawn per batch from speedups 1..speedup, so the one checkpoint
     serves full depth and the skip schedule side by side; False: the fixed speedup schedule only

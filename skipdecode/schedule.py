@@ -40,6 +40,9 @@ from pathlib import Path
 from skipdecode.errors import SkipDecodeError
 from skipdecode.io import atomic_write_text
 
+DEFAULT_WINDOW = 32
+"""Steps over which n_t decays when neither a flag nor the model's own schedule says: E2E outputs
+end after about 26 tokens, so a 32-step window spans nearly all of one."""
 DECAYS = ("linear", "power")
 DROP_ORDERS = ("paper", "even")
 """Named drop orders: ``paper`` (the default) and ``even`` (see :func:`even_order`)."""
@@ -426,6 +429,20 @@ def read_trained_schedule(folder: str | Path) -> Schedule | None:
         return Schedule.from_dict(facts[TRAINED_SCHEDULE]) if facts[TRAINED_SCHEDULE] else None
     except (TypeError, ValueError) as e:
         raise SkipDecodeError(f"{Path(folder) / SCHEDULE_FILE}: invalid {TRAINED_SCHEDULE} ({e})") from None
+
+
+def default_window(own: Schedule | None) -> int:
+    """The window a speedup is solved over when none is given: that of ``own`` (the schedule a
+    checkpoint or export runs by default), unless ``own`` is full depth (a 1x or any-budget model
+    records window 1, over which any speedup would solve to static dropping), else DEFAULT_WINDOW.
+    So a static-trained model is asked for static schedules, a decay-trained one for its decay.
+
+    >>> default_window(None), default_window(Schedule.full(30)), default_window(Schedule.for_speedup(30, 3, 16))
+    (32, 32, 16)
+    >>> default_window(Schedule.constant(30, 10))
+    1
+    """
+    return own.window if own is not None and not own.is_full else DEFAULT_WINDOW
 
 
 def write_schedule_file(folder: str | Path, schedule: Schedule | None, facts: dict) -> Path:

@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass
 
 from skipdecode.errors import SkipDecodeError
-from skipdecode.schedule import Schedule
+from skipdecode.schedule import DEFAULT_WINDOW, Schedule
 
 
 @functools.lru_cache(maxsize=512)
@@ -45,7 +45,7 @@ class ScheduleSampler:
     low: Schedule | None = None
     """For a range: the schedule at its lower speedup (the one a checkpoint records)."""
     speedup_range: tuple[float, float] | None = None
-    window: int = 32
+    window: int = DEFAULT_WINDOW
     warmup_layers: int = 1
     decay: str = "linear"
     drop_order: tuple[int, ...] | None = None
@@ -53,7 +53,7 @@ class ScheduleSampler:
     prompt_layers: int | None = None
 
     @classmethod
-    def for_range(cls, num_layers: int, lo: float, hi: float, window: int = 32, warmup_layers: int = 1,
+    def for_range(cls, num_layers: int, lo: float, hi: float, window: int = DEFAULT_WINDOW, warmup_layers: int = 1,
                   decay: str = "linear", drop_order=None, prompt_layers: int | None = None) -> "ScheduleSampler":
         most = num_layers / max(1, warmup_layers)
         if hi > most:
@@ -90,6 +90,6 @@ class ScheduleSampler:
 
     def to_dict(self) -> dict:
         out = {"schedule": self.saved().to_dict()}
-        if self.speedup_range is not None:
-            out["speedup_range"] = list(self.speedup_range)
+        if self.speedup_range is not None:  # the window and decay too: the saved low end may be full depth
+            out.update(speedup_range=list(self.speedup_range), window=self.window, decay=self.decay)
         return out

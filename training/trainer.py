@@ -215,8 +215,14 @@ class Trainer:
         if state["num_train"] != len(self.pairs):
             raise SkipDecodeError(f"--resume: {len(self.pairs)} training examples, the checkpoint was trained on "
                                   f"{state['num_train']} (give the same --data)")
-        if state["sampler"] != self.sampler.to_dict():
-            raise SkipDecodeError("--resume: the schedule flags differ from the checkpoint's (skipdecode.json)")
+        theirs, mine = state["sampler"], self.sampler.to_dict()
+        # compared on the checkpoint's keys (older range checkpoints lack window and decay), and the range itself
+        differ = [k for k in theirs if theirs[k] != mine.get(k)] + \
+            (["speedup_range"] if "speedup_range" in mine and "speedup_range" not in theirs else [])
+        if differ:
+            got = ", ".join(f"{k}={theirs.get(k)!r}" for k in differ if k != "schedule")
+            raise SkipDecodeError("--resume: the schedule flags differ from the checkpoint's (skipdecode.json"
+                                  + (f": {got}" if got else "") + ")")
         self.step = int(state["step"])
         self.stream.load_state_dict(state["stream"])
         self.optimizer.load_state_dict(state["optimizer"])

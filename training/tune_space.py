@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
-from skipdecode.schedule import Schedule
+from skipdecode.schedule import Schedule, default_window
 
 SHAPES = ("static", "linear", "power")
 """Candidate shapes: constant n (static layer dropping), linear decay, power decay."""
@@ -214,8 +214,8 @@ def largest_min(schedule: Schedule, lengths: Sequence[int], target: float, start
 
 def references(trained: Schedule, target: float, lengths: Sequence[int]) -> list[Candidate]:
     """The full-depth reference and the default: what ``--speedup target`` solves over the
-    window (the trained window, else 32), in the checkpoint's family."""
-    window = trained.window if trained.window > 1 else 32
+    window (``default_window``), in the checkpoint's family."""
+    window = default_window(trained)
     full = Schedule.full(trained.num_layers, **trained.family())
     default = Schedule.for_speedup(trained.num_layers, target, window, **trained.family())
     shape = "static" if default.min_layers == default.max_layers else default.decay

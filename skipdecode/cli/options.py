@@ -11,7 +11,7 @@ from skipdecode.io import read_jsonl, write_jsonl
 from skipdecode.runtime.api import BACKENDS
 from skipdecode.runtime.generate import GenerationConfig, GenerationRun, RowResult
 from skipdecode.runtime.sampling import SamplingConfig
-from skipdecode.schedule import DECAYS, DROP_ORDERS, Schedule
+from skipdecode.schedule import DECAYS, DEFAULT_WINDOW, DROP_ORDERS, Schedule, default_window
 
 BACKEND_CHOICES = ("torch", *BACKENDS)
 """--backend of eval and bench: the PyTorch reference (models/backend.py) or a runtime backend."""
@@ -22,7 +22,8 @@ def add_schedule_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--speedup", type=float, help="target L / mean(n_t) over the window; 1 is full depth")
     g.add_argument("--max-layers", type=int, help="n_0, layers of the first generated token")
     g.add_argument("--min-layers", type=int, help="layers once the window has passed")
-    g.add_argument("--window", type=int, default=None, help="steps over which n_t decays (default 32)")
+    g.add_argument("--window", type=int, default=None, help="steps over which n_t decays (default: the checkpoint's, "
+                   f"unless it is full depth, else {DEFAULT_WINDOW})")
     g.add_argument("--warmup-layers", type=int, default=None,
                    help="bottom layers every token runs (default: the checkpoint's, else 1)")
     g.add_argument("--decay", choices=DECAYS, default="linear")
@@ -81,9 +82,7 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
 def build_schedule(args, num_layers: int, trained: Schedule | None = None) -> Schedule:
     if trained is not None and trained.num_layers != num_layers:
         raise SkipDecodeError(f"skipdecode.json is for {trained.num_layers} layers, the model has {num_layers}")
-    # the trained window, unless the checkpoint recorded full depth (a 1x or any-budget model, whose
-    # saved schedule has window 1): solving --speedup over that window would give static dropping
-    window = args.window if args.window is not None else (trained.window if trained and not trained.is_full else 32)
+    window = args.window if args.window is not None else default_window(trained)
     explicit = args.max_layers is not None or args.min_layers is not None
     if args.speedup is not None and explicit:
         raise SkipDecodeError("give --speedup or --max-layers/--min-layers, not both")

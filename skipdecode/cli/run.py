@@ -26,9 +26,8 @@ def run(args) -> int:
     config = options.generation_config(args)
     rt = Runtime.load(args.export, args.backend, args.device, threads=args.threads)
     default = options.build_schedule(args, rt.num_layers, rt.own_schedule)
-    window = args.window if args.window is not None else (rt.own_schedule.window if rt.own_schedule else 32)
     schedules = options.row_schedules(rows_in, default, lambda s: rt.schedule(
-        speedup=s, window=window, like=default))
+        speedup=s, window=args.window, like=default))
     news = [int(r.get("max_new_tokens") or config.max_new_tokens) for r in rows_in]
     run = rt.timed([r["prompt"] for r in rows_in], schedules, show_progress=args.input is not None,
                    max_new_tokens=news, batch_size=args.batch_size, sampling=config.sampling, stop=config.stop)

@@ -35,10 +35,11 @@ def add_arguments(p):
 
 def make_sampler(args):
     from skipdecode.errors import SkipDecodeError
+    from skipdecode.schedule import default_window
     from skipdecode.training.schedules import ScheduleSampler, parse_range
 
     def build(num_layers, trained):
-        window = args.window if args.window is not None else (trained.window if trained else 32)
+        window = args.window if args.window is not None else default_window(trained)
         if args.speedup_range:
             if args.speedup is not None or args.max_layers is not None or args.min_layers is not None:
                 raise SkipDecodeError("give --speedup-range or --speedup/--max-layers/--min-layers, not both")

@@ -190,8 +190,7 @@ class EngineBridge:
         return self.engine.validate(s)
 
     def _solve(self, speedup: float) -> Schedule:
-        own = self.runtime.own_schedule
-        return self.runtime.schedule(speedup=speedup, window=own.window if own else 32)
+        return self.runtime.schedule(speedup=speedup)
 
     # ---- commands (any thread) ----------------------------------------------------------------
     async def submit(self, requests: Sequence[Request]) -> Submission:
@@ -242,8 +241,7 @@ class EngineBridge:
 
     def _new_engine(self) -> Engine:
         rt, c = self.runtime, self.config
-        schedule = rt.schedule(speedup=c.speedup, window=rt.own_schedule.window if rt.own_schedule
-                               else 32) if c.speedup else rt.schedule()
+        schedule = rt.schedule(speedup=c.speedup) if c.speedup else rt.schedule()
         return Engine(rt.backend, rt.tokenizer.eos_ids, rt.tokenizer.pad_id,
                       EngineConfig(max_rows=c.max_batch, max_waiting=c.max_queue), schedule, rt.tokenizer)
 

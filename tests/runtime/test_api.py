@@ -34,6 +34,23 @@ def test_schedule_choice(runtime):
         runtime.schedule(s, speedup=2)
 
 
+@pytest.mark.parametrize("own, shape", [(None, "decay"), (Schedule.full(6), "decay"), (Schedule(6, 5, 2, window=8), "decay"),
+                                        (Schedule.constant(6, 3), "static")])
+def test_a_speedup_is_solved_over_the_own_schedules_window(tiny_models, own, shape):
+    """``speedup`` alone (`run --input` lines, `serve` requests and `--speedup`) solves over the
+    export's own window, or over DEFAULT_WINDOW when its own schedule is full depth (a 1x or
+    any-budget model records window 1): such a model's rows used to be solved to static dropping."""
+    from skipdecode.schedule import DEFAULT_WINDOW
+
+    loaded = tiny_models["llama"][1]
+    rt = Runtime(TorchBackend(loaded.model), loaded.tokenizer, own)
+    window = own.window if own is not None and not own.is_full else DEFAULT_WINDOW
+    s = rt.schedule(speedup=2)
+    assert s == Schedule.for_speedup(6, 2, window, **(own or Schedule.full(6)).family())
+    assert (s.max_layers == s.min_layers) == (shape == "static")
+    assert rt.schedule(speedup=2, window=3).window == 3
+
+
 def test_stop_strings_cut_the_text(runtime):
     free = runtime.generate(PROMPTS[:1], max_new_tokens=8, ignore_eos=True)[0]
     word = free.text.split()[2]

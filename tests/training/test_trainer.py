@@ -275,3 +275,32 @@ def test_keep_best_keeps_the_lowest_dev_loss_across_a_resume(train_llama, tmp_pa
         Trainer(config(tmp_path / "none", **kw), str(train_llama), examples, [], fixed(3)).setup()
     with pytest.raises(ValueError, match="keep_best needs eval_every"):
         config(tmp_path / "x", keep_best=True)
+
+
+def test_resume_refuses_another_range_window_or_decay(train_llama, tmp_path):
+    """A range whose low end is full depth records full depth as its schedule, which carries no
+    window or decay: the sampler's own are saved too, and a resume with other ones is refused,
+    naming them. A checkpoint saved before they were recorded still resumes."""
+    from skipdecode.training.checkpoint import TRAINER_STATE
+
+    examples = load_examples([write_e2e(tmp_path / "d.csv", e2e_rows(8))])
+
+    def sampler(window, decay="power"):
+        return lambda L, t: ScheduleSampler.for_range(L, 1, 3, window=window, decay=decay)
+
+    def ctrl_c(t):
+        if t.step == 2:
+            signal.raise_signal(signal.SIGINT)
+
+    first = Trainer(config(tmp_path / "run", max_steps=4), str(train_llama), examples, [], sampler(8)).run(hooks=[ctrl_c])
+    assert first.interrupted and first.step == 2
+    for other, named in ((sampler(4), "window=8"), (sampler(8, "linear"), "decay='power'")):
+        with pytest.raises(SkipDecodeError, match=f"schedule flags differ .*{named}"):
+            Trainer(config(tmp_path / "run", max_steps=4), str(train_llama), examples, [], other, resume=True).setup()
+    state_file = first.checkpoint / TRAINER_STATE
+    state = torch.load(state_file, weights_only=True)
+    for key in ("window", "decay"):
+        state["sampler"].pop(key)
+    torch.save(state, state_file)
+    assert Trainer(config(tmp_path / "run", max_steps=4), str(train_llama), examples, [], sampler(8),
+                   resume=True).run().step == 4
