@@ -5,6 +5,7 @@
 # and is scored on those held-out MRs only (`skipdecode eval --heldout`), never on the test set.
 #   bash scripts/e2e_levers.sh train NAME   # NAME: base | warmup3 | window26 | power | narrow | gentle | static | distill
 #                                            #       | influence | even | static-influence | prompt15 (issue 16's drop orders, prompt depth)
+#                                            #       | static-prompt10 (static dropping whose prompt runs the same 10 layers)
 #   bash scripts/e2e_levers.sh eval NAME    # -> out/levers/NAME/report.json
 # "More steps" and "the any-budget range model" are read from the main runs (scripts/e2e_experiment.sh):
 #   bash scripts/e2e_levers.sh eval-run 1x|3x|static3x|range1-5   # the 300-step models, same held-out MRs
@@ -32,6 +33,9 @@ case $name in
   static-influence) sched=(--max-layers 10 --min-layers 10); lever=(--drop-order "$INFLUENCE") ;;
   even) lever=(--drop-order even) ;;        # kept layers evenly spread
   prompt15) lever=(--prompt-layers 15) ;;   # the prompt runs n_0 = 15 layers, not 30: half the prefill
+  # static dropping with the prompt at step 0's depth: every token runs the same 10 layers, a 10-layer
+  # model, so the prefill is 3x cheaper too (end to end 3x, where a full-depth prompt caps it)
+  static-prompt10) sched=(--max-layers 10 --min-layers 10); lever=(--prompt-layers 10) ;;
   1x|3x|static3x|range1-5) lever=() ;;
   *) echo "unknown lever $name" >&2; exit 2 ;;
 esac
