@@ -68,3 +68,28 @@ def test_curves_one_column_per_run_of_the_budget(tmp_path):
     assert e2e_results.curves(tmp_path, "").splitlines()[0] == "| step | 3x |"
     (tmp_path / "empty").mkdir()
     assert e2e_results.curves(tmp_path / "empty", "-s1200") == ""
+
+
+def test_targets_read_the_budgets_reports(tmp_path):
+    """2x against 1x, the best model realising 2.8-3.0x against 1x, and the best decaying one in that
+    band against static3x, each from the tagged budget's folders only; a missing report drops its line."""
+    def write(name, score, speedup, mx, mn):
+        (tmp_path / name).mkdir()
+        rows = [{"input": str(i), "rouge_l": score} for i in range(10)]
+        (tmp_path / name / "outputs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        report = {"rouge_l": score, "layer_speedup": speedup, "schedule": {"max_layers": mx, "min_layers": mn}}
+        (tmp_path / name / "report.json").write_text(json.dumps(report))
+
+    write("1x-s1200", 60.0, 1.0, 30, 30)
+    write("2x-s1200", 59.5, 1.9, 22, 8)
+    write("3x-s1200", 55.0, 2.9, 15, 5)
+    write("3x-s1200-w26", 56.0, 2.92, 15, 5)
+    write("3x-s1200-best", 59.0, 2.9, 15, 5)   # another budget tag: not compared here
+    write("static3x-s1200", 57.0, 3.0, 10, 10)
+    write("5x-s1200", 58.5, 4.5, 9, 3)          # outside the band
+    lines = e2e_results.targets(tmp_path, "-s1200").splitlines()[2:]
+    assert lines == [
+        "| 2x within 1.0 of 1x | 1x minus 2x-s1200: +0.50 [+0.50, +0.50] | yes |",
+        "| best at 2.8-3.0x within 2.0 of 1x | 1x minus static3x-s1200 (3.00x): +3.00 [+3.00, +3.00] | no |",
+        "| decay at or above static | 3x-s1200-w26 (2.92x) minus static3x-s1200 (3.00x): -1.00 [-1.00, -1.00] | no |"]
+    assert e2e_results.targets(tmp_path, "-s600") == ""
