@@ -216,9 +216,8 @@ class Trainer:
             raise SkipDecodeError(f"--resume: {len(self.pairs)} training examples, the checkpoint was trained on "
                                   f"{state['num_train']} (give the same --data)")
         theirs, mine = state["sampler"], self.sampler.to_dict()
-        # compared on the checkpoint's keys (older range checkpoints lack window and decay), and the range itself
-        differ = [k for k in theirs if theirs[k] != mine.get(k)] + \
-            (["speedup_range"] if "speedup_range" in mine and "speedup_range" not in theirs else [])
+        keys = set(theirs) | (set(mine) - {"window", "decay"})  # range checkpoints before them lack window, decay
+        differ = sorted(k for k in keys if theirs.get(k) != mine.get(k))
         if differ:
             got = ", ".join(f"{k}={theirs.get(k)!r}" for k in differ if k != "schedule")
             raise SkipDecodeError("--resume: the schedule flags differ from the checkpoint's (skipdecode.json"
