@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 from skipdecode.errors import SkipDecodeError
 from skipdecode.runtime.engine import Engine, EngineConfig
@@ -19,7 +19,7 @@ from skipdecode.runtime.generate import GenerationConfig, GenerationRun, generat
 from skipdecode.runtime.manifest import MANIFEST
 from skipdecode.runtime.request import Request, RowResult
 from skipdecode.runtime.sampling import SamplingConfig
-from skipdecode.schedule import Schedule, default_window
+from skipdecode.schedule import Schedule, default_shape, read_schedule_file
 from skipdecode.tokenizer import Tokenizer
 
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -55,18 +55,22 @@ def open_backend(path: str | Path, backend: str = "onnxruntime", device: str = "
 
 
 class Runtime:
-    def __init__(self, backend, tokenizer: Tokenizer, own_schedule: Schedule | None = None):
+    def __init__(self, backend, tokenizer: Tokenizer, own_schedule: Schedule | None = None,
+                 facts: Mapping | None = None):
         self.backend = backend
         self.tokenizer = tokenizer
         self.own_schedule = own_schedule
         """The export's own schedule (its manifest's): the one its checkpoint was fine-tuned under, or
         the one `skipdecode tune` chose for it; None: full depth."""
+        self.facts = dict(facts or {})
+        """The checkpoint's training facts (the export's skipdecode.json less its schedule): a
+        speedup-range model's window and decay, which speedups are solved in (``default_shape``)."""
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "onnxruntime", device: str = "cpu",
              providers: Sequence[str] | None = None, threads: int | None = None) -> "Runtime":
         b = open_backend(path, backend, device, providers, threads)
-        return cls(b, Tokenizer.from_dir(b.dir), b.manifest.schedule)
+        return cls(b, Tokenizer.from_dir(b.dir), b.manifest.schedule, read_schedule_file(b.dir)[1])
 
     @property
     def num_layers(self) -> int:
@@ -78,7 +82,8 @@ class Runtime:
 
         A solved schedule keeps the family (warm-up layers, drop order, prompt depth) of ``like``,
         by default the export's own schedule: rows of one batch must share their nesting, and the
-        model runs as it was fine-tuned. ``window`` defaults to that schedule's (``default_window``)."""
+        model runs as it was fine-tuned. ``window`` and the decay default to that schedule's, or to the
+        range a full-depth model was trained over (``default_shape``)."""
         if schedule is not None and speedup is not None:
             raise SkipDecodeError("give a schedule or a speedup, not both")
         if schedule is not None:
@@ -86,10 +91,12 @@ class Runtime:
         if speedup is not None:
             base = like or self.own_schedule
             family = (base or Schedule.full(self.num_layers)).family()
-            window = window if window is not None else default_window(base)
+            shape = default_shape(base, self.facts)
+            if window is not None:
+                shape["window"] = window
             try:
                 return Schedule.full(self.num_layers, **family) if speedup == 1 else Schedule.for_speedup(
-                    self.num_layers, speedup, window, **family)
+                    self.num_layers, speedup, **shape, **family)
             except ValueError as e:
                 raise SkipDecodeError(f"speedup {speedup:g}: {e}") from None
         return self.own_schedule or Schedule.full(self.num_layers)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -431,18 +432,31 @@ def read_trained_schedule(folder: str | Path) -> Schedule | None:
         raise SkipDecodeError(f"{Path(folder) / SCHEDULE_FILE}: invalid {TRAINED_SCHEDULE} ({e})") from None
 
 
-def default_window(own: Schedule | None) -> int:
-    """The window a speedup is solved over when none is given: that of ``own`` (the schedule a
-    checkpoint or export runs by default), unless ``own`` is full depth (a 1x or any-budget model
-    records window 1, over which any speedup would solve to static dropping), else DEFAULT_WINDOW.
-    So a static-trained model is asked for static schedules, a decay-trained one for its decay.
+def default_shape(own: Schedule | None, facts: Mapping | None = None) -> dict:
+    """The shape a speedup is solved in when no flag says (``for_speedup(L, S, **shape)``): the
+    ``window``, ``decay`` and ``power`` of ``own`` (the schedule a checkpoint or export runs by
+    default), unless ``own`` is full depth. A full-depth own schedule records window 1, over which
+    any speedup would solve to static dropping: a speedup-range model's (its full-depth low end)
+    takes the window and decay it was trained over from ``facts`` (its skipdecode.json, beside
+    ``speedup_range``), a 1x model's is DEFAULT_WINDOW, linear. So a static-trained model is asked
+    for static schedules, and a decay-trained one for its own decay.
 
-    >>> default_window(None), default_window(Schedule.full(30)), default_window(Schedule.for_speedup(30, 3, 16))
-    (32, 32, 16)
-    >>> default_window(Schedule.constant(30, 10))
+    >>> default_shape(None)["window"], default_shape(Schedule.full(30))["window"]
+    (32, 32)
+    >>> default_shape(Schedule.for_speedup(30, 3, 16, decay="power"))
+    {'window': 16, 'decay': 'power', 'power': 2.0}
+    >>> default_shape(Schedule.full(30), {"speedup_range": [1, 5], "window": 24, "decay": "power"})["window"]
+    24
+    >>> default_shape(Schedule.constant(30, 10))["window"]
     1
     """
-    return own.window if own is not None and not own.is_full else DEFAULT_WINDOW
+    if own is not None and not own.is_full:
+        return {"window": own.window, "decay": own.decay, "power": own.power}
+    facts = facts or {}
+    if "speedup_range" in facts:  # (older range checkpoints record neither window nor decay)
+        return {"window": int(facts.get("window", DEFAULT_WINDOW)), "decay": facts.get("decay", "linear"),
+                "power": 2.0}
+    return {"window": DEFAULT_WINDOW, "decay": "linear", "power": 2.0}
 
 
 def write_schedule_file(folder: str | Path, schedule: Schedule | None, facts: dict) -> Path:

@@ -15,7 +15,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from tqdm import tqdm
 
@@ -75,8 +75,9 @@ def heldout_examples(checkpoint: Path, examples: Sequence[Example], config: Tune
 
 
 def tune(model, tokenizer, held: Sequence[Example], family: Schedule, config: TuneConfig, heldout: str = "",
-         log=print) -> TuneResult:
-    """Search ``family``'s schedules on ``held`` (examples the checkpoint did not train on)."""
+         log=print, facts: Mapping | None = None) -> TuneResult:
+    """Search ``family``'s schedules on ``held`` (examples the checkpoint did not train on);
+    ``facts`` (skipdecode.json less the schedule) give the default's shape for a range model."""
     S = config.target_speedup
     pairs, dropped = tokenize(held, tokenizer, config.max_length)
     grouped = group_examples(held)
@@ -88,7 +89,7 @@ def tune(model, tokenizer, held: Sequence[Example], family: Schedule, config: Tu
         searched = search_space(family, lengths, config)
     except ValueError as e:
         raise SkipDecodeError(str(e)) from None
-    candidates = references(family, S, lengths) + searched
+    candidates = references(family, S, lengths, facts) + searched
     proxy = spread(pairs, config.proxy_pairs)
     device = next(model.parameters()).device
     runtime = Runtime(TorchBackend(model), tokenizer)

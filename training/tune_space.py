@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Mapping, Sequence
 
-from skipdecode.schedule import Schedule, default_window
+from skipdecode.schedule import Schedule, default_shape
 
 SHAPES = ("static", "linear", "power")
 """Candidate shapes: constant n (static layer dropping), linear decay, power decay."""
@@ -212,12 +212,12 @@ def largest_min(schedule: Schedule, lengths: Sequence[int], target: float, start
     return None
 
 
-def references(trained: Schedule, target: float, lengths: Sequence[int]) -> list[Candidate]:
-    """The full-depth reference and the default: what ``--speedup target`` solves over the
-    window (``default_window``), in the checkpoint's family."""
-    window = default_window(trained)
+def references(trained: Schedule, target: float, lengths: Sequence[int],
+               facts: Mapping | None = None) -> list[Candidate]:
+    """The full-depth reference and the default: what ``--speedup target`` solves, in the
+    checkpoint's family and shape (``default_shape``)."""
     full = Schedule.full(trained.num_layers, **trained.family())
-    default = Schedule.for_speedup(trained.num_layers, target, window, **trained.family())
+    default = Schedule.for_speedup(trained.num_layers, target, **default_shape(trained, facts), **trained.family())
     shape = "static" if default.min_layers == default.max_layers else default.decay
     return [Candidate(full, "full", "full", realised_speedup(full, lengths)),
             Candidate(default, shape, "default", realised_speedup(default, lengths))]

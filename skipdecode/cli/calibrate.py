@@ -51,7 +51,7 @@ def run(args) -> int:
     from skipdecode.calibration import capture as cap
     from skipdecode.calibration.quantize import check_inputs, quantize_export
     from skipdecode.runtime.manifest import load_manifest
-    from skipdecode.schedule import Schedule
+    from skipdecode.schedule import Schedule, read_schedule_file
     from skipdecode.tokenizer import Tokenizer
 
     source, out = Path(args.export), Path(args.out)
@@ -67,7 +67,7 @@ def run(args) -> int:
         raise SkipDecodeError(f"{out}: already exists (pass --overwrite to replace it)")
     capture_cfg = from_args(CaptureConfig, args)
     L = manifest.num_layers
-    deployment = options.build_schedule(args, L, manifest.deployed_schedule())
+    deployment = options.build_schedule(args, L, manifest.deployed_schedule(), read_schedule_file(source)[1])
     schedule = deployment if args.calibration_schedule == "deployment" else Schedule.full(L)
     tok = Tokenizer.from_dir(source)
 

@@ -54,6 +54,7 @@ def run(args) -> int:
     from skipdecode.calibration.divergence import prompt_divergence, summary
     from skipdecode.data import group_examples, load_examples
     from skipdecode.io import atomic_write_text
+    from skipdecode.schedule import read_schedule_file
     from skipdecode.runtime.manifest import MANIFEST, load_manifest, sha256_file
     from skipdecode.runtime.onnxruntime_backend import OnnxRuntimeBackend
     from skipdecode.tokenizer import Tokenizer
@@ -71,7 +72,7 @@ def run(args) -> int:
         src = (m.quantization or {}).get("source", {}).get("manifest_sha256")
         if src and src != ref_hash:
             print(f"divergence: warning: {e} was quantized from another export than {ref_dir}", file=sys.stderr)
-    schedule = options.build_schedule(args, ref_m.num_layers, ref_m.deployed_schedule())
+    schedule = options.build_schedule(args, ref_m.num_layers, ref_m.deployed_schedule(), read_schedule_file(ref_dir)[1])
     examples = group_examples(load_examples(args.data, args.format), args.limit)
     tok = Tokenizer.from_dir(ref_dir)
     ids = [tok.encode(e.prompt) for e in examples]

@@ -99,7 +99,7 @@ def run(args) -> int:
                                   args.limit)
     config = GenerationConfig(args.max_new_tokens, stop=tuple(args.stop))
     backend, tokenizer, trained, training = _open_torch(args) if args.model else _open_export(args)
-    schedule = options.build_schedule(args, backend.num_layers, trained)
+    schedule = options.build_schedule(args, backend.num_layers, trained, training)
     print(f"eval: {len(examples)} inputs, {schedule.describe()}, backend {args.backend}", file=sys.stderr)
     result = evaluate(backend, tokenizer, examples, schedule, config, args.batch_size)
     report = build_report(

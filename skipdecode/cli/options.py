@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 from dataclasses import replace
 
 from skipdecode.errors import SkipDecodeError
@@ -11,7 +12,7 @@ from skipdecode.io import read_jsonl, write_jsonl
 from skipdecode.runtime.api import BACKENDS
 from skipdecode.runtime.generate import GenerationConfig, GenerationRun, RowResult
 from skipdecode.runtime.sampling import SamplingConfig
-from skipdecode.schedule import DECAYS, DEFAULT_WINDOW, DROP_ORDERS, Schedule, default_window
+from skipdecode.schedule import DECAYS, DEFAULT_WINDOW, DROP_ORDERS, Schedule, default_shape
 
 BACKEND_CHOICES = ("torch", *BACKENDS)
 """--backend of eval and bench: the PyTorch reference (models/backend.py) or a runtime backend."""
@@ -22,11 +23,12 @@ def add_schedule_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--speedup", type=float, help="target L / mean(n_t) over the window; 1 is full depth")
     g.add_argument("--max-layers", type=int, help="n_0, layers of the first generated token")
     g.add_argument("--min-layers", type=int, help="layers once the window has passed")
-    g.add_argument("--window", type=int, default=None, help="steps over which n_t decays (default: the checkpoint's, "
-                   f"unless it is full depth, else {DEFAULT_WINDOW})")
+    g.add_argument("--window", type=int, default=None, help="steps over which n_t decays (default: the checkpoint's; "
+                   f"a full-depth one's is the range it was trained over, else {DEFAULT_WINDOW})")
     g.add_argument("--warmup-layers", type=int, default=None,
                    help="bottom layers every token runs (default: the checkpoint's, else 1)")
-    g.add_argument("--decay", choices=DECAYS, default="linear")
+    g.add_argument("--decay", choices=DECAYS, default=None,
+                   help="how n_t falls over the window (default: the checkpoint's, as --window; else linear)")
     g.add_argument("--drop-order", type=drop_order_arg, metavar="ORDER",
                    help="which layers go first as n_t shrinks: 'paper' (lower-middle first, the top kept longest), "
                         "'even' (kept layers evenly spread), or a comma list of every non-warm-up layer, first "
@@ -79,10 +81,22 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=None)
 
 
-def build_schedule(args, num_layers: int, trained: Schedule | None = None) -> Schedule:
+def solve_shape(args, trained: Schedule | None = None, facts: Mapping | None = None) -> dict:
+    """--window and --decay, each defaulting to the checkpoint's (``default_shape``)."""
+    shape = default_shape(trained, facts)
+    if args.window is not None:
+        shape["window"] = args.window
+    if args.decay is not None:
+        shape["decay"] = args.decay
+    return shape
+
+
+def build_schedule(args, num_layers: int, trained: Schedule | None = None, facts: Mapping | None = None) -> Schedule:
+    """The schedule the flags name; without any, the checkpoint's own (``trained``), else full depth.
+    ``facts`` (its skipdecode.json less the schedule) give a speedup-range model's window and decay."""
     if trained is not None and trained.num_layers != num_layers:
         raise SkipDecodeError(f"skipdecode.json is for {trained.num_layers} layers, the model has {num_layers}")
-    window = args.window if args.window is not None else default_window(trained)
+    shape = solve_shape(args, trained, facts)
     explicit = args.max_layers is not None or args.min_layers is not None
     if args.speedup is not None and explicit:
         raise SkipDecodeError("give --speedup or --max-layers/--min-layers, not both")
@@ -90,11 +104,11 @@ def build_schedule(args, num_layers: int, trained: Schedule | None = None) -> Sc
     if args.speedup is not None:
         if args.speedup == 1:
             return Schedule.full(num_layers, **family)
-        return Schedule.for_speedup(num_layers, args.speedup, window, decay=args.decay, **family)
+        return Schedule.for_speedup(num_layers, args.speedup, **shape, **family)
     if explicit:
         mx = args.max_layers if args.max_layers is not None else num_layers
         mn = args.min_layers if args.min_layers is not None else mx
-        return Schedule(num_layers, mx, mn, window, decay=args.decay, **family)
+        return Schedule(num_layers, mx, mn, **shape, **family)
     if trained is not None:
         return replace(trained, **family)
     return Schedule.full(num_layers, **family)

@@ -25,7 +25,7 @@ def run(args) -> int:
     rows_in = options.read_rows(args)
     config = options.generation_config(args)
     rt = Runtime.load(args.export, args.backend, args.device, threads=args.threads)
-    default = options.build_schedule(args, rt.num_layers, rt.own_schedule)
+    default = options.build_schedule(args, rt.num_layers, rt.own_schedule, rt.facts)
     schedules = options.row_schedules(rows_in, default, lambda s: rt.schedule(
         speedup=s, window=args.window, like=default))
     news = [int(r.get("max_new_tokens") or config.max_new_tokens) for r in rows_in]

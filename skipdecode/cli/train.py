@@ -35,19 +35,18 @@ def add_arguments(p):
 
 def make_sampler(args):
     from skipdecode.errors import SkipDecodeError
-    from skipdecode.schedule import default_window
     from skipdecode.training.schedules import ScheduleSampler, parse_range
 
     def build(num_layers, trained):
-        window = args.window if args.window is not None else default_window(trained)
+        shape = options.solve_shape(args, trained)
         if args.speedup_range:
             if args.speedup is not None or args.max_layers is not None or args.min_layers is not None:
                 raise SkipDecodeError("give --speedup-range or --speedup/--max-layers/--min-layers, not both")
             lo, hi = parse_range(args.speedup_range)
-            return ScheduleSampler.for_range(num_layers, lo, hi, window, decay=args.decay,
+            return ScheduleSampler.for_range(num_layers, lo, hi, shape["window"], decay=shape["decay"],
                                              **options.schedule_family(args, trained))
         fixed = options.build_schedule(args, num_layers, trained)
-        return ScheduleSampler(fixed=fixed, window=window, decay=args.decay, **fixed.family())
+        return ScheduleSampler(fixed=fixed, window=shape["window"], decay=shape["decay"], **fixed.family())
 
     return build
 

@@ -55,7 +55,7 @@ def run(args) -> int:
             raise SkipDecodeError("--device cuda: no CUDA device is available")
 
     from skipdecode.models import load_model
-    from skipdecode.schedule import Schedule, read_trained_schedule
+    from skipdecode.schedule import Schedule, read_schedule_file, read_trained_schedule
 
     examples = load_examples(args.data, args.format, args.prompt_field, args.target_field)
     held, heldout = tune_report.heldout_examples(checkpoint, examples, config)
@@ -66,7 +66,7 @@ def run(args) -> int:
         raise SkipDecodeError(f"{checkpoint}/skipdecode.json is for {trained.num_layers} layers, the model has {L}")
     family = trained or Schedule.full(L)
     result = tune_report.tune(loaded.model, loaded.tokenizer, held, family, config, heldout,
-                       log=lambda s: print(s, file=sys.stderr))
+                              log=lambda s: print(s, file=sys.stderr), facts=read_schedule_file(checkpoint)[1])
     tune_report.write_report(out, result, str(checkpoint), args.data)
     print(tune_report.format_table(result))
     c = result.chosen

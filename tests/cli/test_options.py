@@ -52,3 +52,26 @@ def test_a_full_depth_checkpoint_solves_speedups_over_the_default_window():
     static = Schedule.constant(30, 10)  # a static checkpoint keeps its one-step "window": static stays static
     again = build_schedule(flags("--speedup", "3"), 30, static)
     assert again.max_layers == again.min_layers
+
+
+def test_a_speedup_keeps_the_checkpoints_decay():
+    """A power-decay checkpoint asked for another speedup decays as it was trained (it used to
+    solve a linear decay unless --decay was given again); --decay and --window still override."""
+    power = Schedule.for_speedup(30, 3, window=16, decay="power")
+    s = build_schedule(flags("--speedup", "2"), 30, power)
+    assert s == Schedule.for_speedup(30, 2, window=16, decay="power")
+    assert build_schedule(flags("--speedup", "2", "--decay", "linear"), 30, power).decay == "linear"
+    assert build_schedule(flags("--speedup", "2", "--window", "8"), 30, power).window == 8
+
+
+@pytest.mark.parametrize("facts, window, decay", [
+    ({"speedup_range": [1, 5], "window": 16, "decay": "power"}, 16, "power"),
+    ({"speedup_range": [1, 5]}, 32, "linear"),   # a range checkpoint older than its recorded window and decay
+    ({"window": 16, "decay": "power"}, 32, "linear"),   # not a range model: the facts are not its shape
+])
+def test_a_range_checkpoint_solves_speedups_in_the_shape_it_was_trained_over(facts, window, decay):
+    """A speedup-range model's own schedule is its full-depth low end; --speedup then decays over
+    the window and decay of the range (skipdecode.json's facts), not over DEFAULT_WINDOW, linear."""
+    s = build_schedule(flags("--speedup", "3"), 30, Schedule.full(30), facts)
+    assert s == Schedule.for_speedup(30, 3, window=window, decay=decay)
+    assert build_schedule(flags(), 30, Schedule.full(30), facts).is_full

@@ -51,6 +51,27 @@ def test_a_speedup_is_solved_over_the_own_schedules_window(tiny_models, own, sha
     assert rt.schedule(speedup=2, window=3).window == 3
 
 
+def test_a_range_export_solves_speedups_in_its_trained_shape(tiny_export, tmp_path):
+    """Runtime.load reads the export's skipdecode.json facts: a speedup-range model (own schedule
+    full depth) is asked for speedups in the window and decay it was trained over."""
+    import shutil
+
+    from skipdecode.schedule import write_schedule_file
+
+    folder, _, _ = tiny_export("llama-gqa")
+    export = tmp_path / "range"
+    shutil.copytree(folder, export)
+    plain = Runtime.load(export)
+    L = plain.num_layers
+    assert plain.schedule(speedup=2) == Schedule.for_speedup(L, 2, 32, **plain.schedule().family())
+    write_schedule_file(export, plain.own_schedule, {"speedup_range": [1, 3], "window": 8, "decay": "power"})
+    rt = Runtime.load(export)
+    assert rt.facts["window"] == 8
+    s = rt.schedule(speedup=2)
+    assert s == Schedule.for_speedup(L, 2, 8, decay="power", **rt.schedule().family()) and s.decay == "power"
+    assert rt.schedule(speedup=2, window=4).window == 4
+
+
 def test_stop_strings_cut_the_text(runtime):
     free = runtime.generate(PROMPTS[:1], max_new_tokens=8, ignore_eos=True)[0]
     word = free.text.split()[2]

@@ -85,6 +85,9 @@ def test_the_references_are_full_depth_and_the_window_solved_schedule():
     assert default.ref_speedup < 3.0  # why the search solves on lengths instead
     trained = Schedule(30, 20, 6, window=16, prompt_layers=20)
     assert references(trained, 2.0, lengths)[1].schedule == Schedule.for_speedup(30, 2, 16, prompt_layers=20)
+    range_facts = {"speedup_range": [1, 5], "window": 24, "decay": "power"}  # a range model: its trained shape
+    assert references(Schedule.full(30), 3.0, lengths, range_facts)[1].schedule == Schedule.for_speedup(
+        30, 3, 24, decay="power")
 
 
 @pytest.mark.parametrize("family, target, message", [
