@@ -68,20 +68,22 @@ class FeedReader(CalibrationDataReader):
         self._it = iter(self.make_iter())
 
 
-def int8_dynamic(src: Path, dst: Path, per_channel: bool) -> None:
-    """Weights int8 (symmetric), activations quantized per call at run time (uint8)."""
+def int8_dynamic(src: Path, dst: Path, per_channel: bool, reduce_range: bool = False) -> None:
+    """Weights int8 (symmetric; 7-bit with ``reduce_range``), activations quantized per call at run
+    time (uint8)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet():
         quantize_dynamic(typed(src), dst, op_types_to_quantize=QUANTIZED_OPS, per_channel=per_channel,
-                         weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True, **FLOAT})
+                         weight_type=QuantType.QInt8, reduce_range=reduce_range,
+                         extra_options={"MatMulConstBOnly": True, **FLOAT})
 
 
 def int8_static(src: Path, dst: Path, feeds, per_channel: bool, symmetric_activations: bool,
                 exclude: Iterable[str] = (), dynamic_fallback: bool = True,
-                ranges: dict[str, tuple[float, float]] | None = None) -> None:
-    """QDQ int8: weights int8 symmetric, activation scales from the recorded calls (ORT's MinMax
-    calibrator, or ``ranges``: activation -> (lo, hi) computed by calibration/outliers.py, given to
+                ranges: dict[str, tuple[float, float]] | None = None, reduce_range: bool = False) -> None:
+    """QDQ int8: weights int8 symmetric (7-bit with ``reduce_range``), activation scales from the
+    recorded calls (ORT's MinMax calibrator, or ``ranges``: activation -> (lo, hi) computed by calibration/outliers.py, given to
     the quantizer as ``TensorQuantOverrides``).
 
     ``symmetric_activations``: int8 activations with zero point 0 (what TensorRT's explicit
@@ -100,7 +102,7 @@ def int8_static(src: Path, dst: Path, feeds, per_channel: bool, symmetric_activa
     with _quiet():
         quantize_static(typed(src), dst, FeedReader(feeds), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=QUANTIZED_OPS, per_channel=per_channel, activation_type=act,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax, reduce_range=reduce_range,
                         calibration_providers=["CPUExecutionProvider"], nodes_to_exclude=exclude,
                         extra_options={"MatMulConstBOnly": True, "WeightSymmetric": True,
                                        "ActivationSymmetric": symmetric_activations,
@@ -108,7 +110,7 @@ def int8_static(src: Path, dst: Path, feeds, per_channel: bool, symmetric_activa
                                        **({"TensorQuantOverrides": overrides} if overrides else {}), **FLOAT})
         if exclude and dynamic_fallback:
             quantize_dynamic(typed(dst), dst, op_types_to_quantize=QUANTIZED_OPS, nodes_to_quantize=exclude,
-                             per_channel=per_channel, weight_type=QuantType.QInt8,
+                             per_channel=per_channel, weight_type=QuantType.QInt8, reduce_range=reduce_range,
                              extra_options={"MatMulConstBOnly": True, **FLOAT})
 
 

@@ -38,6 +38,8 @@ from skipdecode.schedule import SCHEDULE_FILE, Schedule
 METHODS = ("int8-dynamic", "int8-static", "int4-weight")
 PRECISIONS = ("fp32", "quantized")
 CALIBRATION_METHODS = ("minmax", "percentile")
+REDUCE_RANGE = ("auto", "on", "off")
+"""--reduce-range: 7-bit int8 weights where this CPU needs them (auto), always, or never."""
 
 FP32_HEAD = ("kept fp32: the head's rounding errors change the emitted token directly "
              "(--head quantized to quantize it)")
@@ -74,6 +76,13 @@ class QuantConfig:
     per-channel range moves into the weights with this strength; 0: off. Unset (None): 0.5 (the paper's)
     for int8-static, off otherwise."""
 
+    reduce_range: str = "auto"
+    """int8: 7-bit MatMul weights (ONNX Runtime's ``reduce_range``), so that its int8 kernels on an x86
+    CPU without VNNI (AVX2 alone: 16-bit sums of uint8 x int8 pairs) cannot saturate; full 8-bit
+    weights there lose most of the layer's accuracy. on, off, or auto: on where this machine's CPU
+    is such a one (``skipdecode.cpu.int8_saturates``; the quantized graphs are checked on it),
+    off elsewhere. Calibrate on the CPU family you deploy to, or say on for AVX2-only devices."""
+
     split_phases: bool = False
     """int8-static: each layer's graph calibrated on prefill calls only, plus a decode graph
     (``layer_NNN.decode.onnx``, the manifest entry's ``decode``) calibrated on the decode steps
@@ -105,6 +114,15 @@ class QuantConfig:
             raise SkipDecodeError(f"--split-phases applies to int8-static (calibrated scales), not {self.method}")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise SkipDecodeError(f"accuracy level must be 0-4, got {self.accuracy_level}")
+        if self.reduce_range not in REDUCE_RANGE:
+            raise SkipDecodeError(f"--reduce-range must be one of {', '.join(REDUCE_RANGE)}, got {self.reduce_range!r}")
+
+    @property
+    def reduced_weights(self) -> bool:
+        """Whether int8 MatMul weights are 7-bit (``reduce_range`` resolved on this machine)."""
+        from skipdecode.cpu import int8_saturates
+
+        return self.reduce_range == "on" or (self.reduce_range == "auto" and int8_saturates())
 
     @property
     def needs_data(self) -> bool:
@@ -173,7 +191,7 @@ def _quantize_graph(src: Path, dst: Path, graph: str, config: QuantConfig, targe
         graphs.int8_gather(src, dst)
         return "int8 weight-only table (per-tensor scale)"
     if m == "int8-dynamic":
-        graphs.int8_dynamic(src, dst, config.per_channel)
+        graphs.int8_dynamic(src, dst, config.per_channel, config.reduced_weights)
         return f"int8 dynamic: MatMul weights int8 {'per channel' if config.per_channel else 'per tensor'}, " \
                "activations quantized per call (uint8)"
     if m == "int8-static":
@@ -185,7 +203,7 @@ def _quantize_graph(src: Path, dst: Path, graph: str, config: QuantConfig, targe
             if sym:
                 shutil.copy2(src, dst)
                 return f"kept fp32: {never}"
-            graphs.int8_dynamic(src, dst, config.per_channel)
+            graphs.int8_dynamic(src, dst, config.per_channel, config.reduced_weights)
             return f"int8 dynamic: {never}, MatMul weights int8 {'per channel' if config.per_channel else 'per tensor'}"
         smoothed = ""
         if config.smooth_alpha:
@@ -194,6 +212,7 @@ def _quantize_graph(src: Path, dst: Path, graph: str, config: QuantConfig, targe
         if config.outlier_ratio != float("inf") or config.calibration_method != "minmax":
             excluded, ranges = fallbacks(src, feeds, sym, config.outlier_ratio, config.calibration_method)
         graphs.int8_static(src, dst, feeds, config.per_channel, sym, excluded, dynamic_fallback=not sym,
+                           reduce_range=config.reduced_weights,
                            ranges=ranges if config.calibration_method != "minmax" else None)
         if config.smooth_alpha:
             src.unlink()
@@ -332,6 +351,7 @@ def _record(config: QuantConfig, target: str, source: Path, src_m: Manifest, sha
         cfg["outlier_ratio"] = None  # JSON has no infinity: null = never fall back
     return {
         "method": config.method, "target": target, "config": cfg,
+        "reduced_weights": config.method.startswith("int8") and config.reduced_weights,
         "source": {"path": str(source.resolve()), "manifest_sha256": sha256_file(source / MANIFEST),
                    "bytes": sum(e.bytes for _, e in src_m.named_graphs())},
         "calibration": cal, "data": data,

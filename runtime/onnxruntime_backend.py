@@ -26,6 +26,7 @@ rows of the layer's input (a few KB).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -59,6 +60,16 @@ def _ov(a: np.ndarray) -> ort.OrtValue:
     return ort.OrtValue.ortvalue_from_numpy(a)  # shares the numpy memory on CPU (a contiguous view)
 
 
+def saturating_int8(quantization: dict | None) -> bool:
+    """Whether an export's int8 MatMul weights use the full 8 bits (no ``reduce_range``; exports
+    older than the record had none) while this CPU's ONNX Runtime U8S8 kernels saturate."""
+    from skipdecode.cpu import int8_saturates
+
+    q = quantization or {}
+    return (q.get("method", "").startswith("int8") and q.get("target") == "onnxruntime"
+            and not q.get("reduced_weights", False) and int8_saturates())
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
@@ -73,6 +84,10 @@ class OnnxRuntimeBackend:
         self.dtype = np.dtype(m.dtype)
         self.kv_heads, self.head_dim, self.hidden_size = m.num_kv_heads, m.head_dim, m.hidden_size
         self.providers = list(providers or ["CPUExecutionProvider"])
+        if saturating_int8(m.quantization) and "CPUExecutionProvider" == self.providers[0]:
+            print(f"skipdecode: warning: {self.dir} has full 8-bit int8 weights, and this CPU (x86 without VNNI) "
+                  "adds their products in 16 bits, which saturates: expect wrong outputs; re-run `skipdecode "
+                  "calibrate --reduce-range on`", file=sys.stderr)
         so = options or session_options(threads, spinning)
         make = lambda e: ort.InferenceSession(str(self.dir / e.file), so, providers=self.providers)  # noqa: E731
         g = m.graphs

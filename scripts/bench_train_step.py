@@ -32,7 +32,8 @@ from skipdecode.models import load_model
 from skipdecode.schedule import Schedule
 from skipdecode.training.batches import collate, tokenize
 from skipdecode.training.evaluate import batch_loss
-from skipdecode.training.precision import NATIVE_BF16_FLAGS, cpu_flags
+from skipdecode.cpu import cpu_flags
+from skipdecode.training.precision import NATIVE_BF16_FLAGS
 
 
 def layer_share(schedule: Schedule, T: int, P: int) -> float:

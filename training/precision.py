@@ -21,10 +21,11 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
+
+from skipdecode.cpu import cpu_flags
 
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
 """/proc/cpuinfo flags under which oneDNN has native bf16 kernels (x86 AMX, AVX512-BF16; ARM bf16)."""
@@ -45,19 +46,6 @@ class PrecisionChoice:
     def describe(self) -> str:
         name = {"no": "fp32", "bf16": "bf16 autocast (fp32 master weights)"}.get(self.setting, self.setting)
         return f"{name}: {self.reason}"
-
-
-def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
-    """The CPU's feature flags (x86 ``flags``, ARM ``Features``); empty where unreadable."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
 
 
 def bf16_speedup(hidden: int, intermediate: int, tokens: int = BENCH_TOKENS, repeats: int = 3) -> float:

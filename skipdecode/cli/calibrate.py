@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from skipdecode.calibration.capture import CaptureConfig
-from skipdecode.calibration.quantize import CALIBRATION_METHODS, METHODS, PRECISIONS, QuantConfig
+from skipdecode.calibration.quantize import CALIBRATION_METHODS, METHODS, PRECISIONS, REDUCE_RANGE, QuantConfig
 from skipdecode.cli import options
 from skipdecode.cli.dataclass_args import add_fields, from_args
 from skipdecode.data import FORMATS
@@ -35,7 +35,7 @@ def add_arguments(p):
     quant = p.add_argument_group("quantization (QuantConfig, calibration/quantize.py)")
     add_fields(quant, QuantConfig, flags={"smooth_alpha": "--smooth"}, metavars={"smooth_alpha": "ALPHA"},
                choices={"method": METHODS, "target": TARGETS, "head": PRECISIONS, "embed": PRECISIONS,
-                        "calibration_method": CALIBRATION_METHODS})
+                        "calibration_method": CALIBRATION_METHODS, "reduce_range": REDUCE_RANGE})
     add_fields(p.add_argument_group("calibration data (CaptureConfig, calibration/capture.py)"), CaptureConfig)
     options.add_schedule_arguments(p)
 

@@ -118,6 +118,33 @@ def test_head_and_embedding_quantized_on_request(tiny_export, tmp_path):
         assert check["mean_kl"] < HEAD_KL[method], check
 
 
+@pytest.mark.parametrize("reduce_range, top", [("on", 64), ("off", 127)])
+def test_reduce_range_makes_the_int8_weights_7_bit(tiny_export, tmp_path, capsys, monkeypatch, reduce_range, top):
+    """--reduce-range on keeps every int8 MatMul weight within 7 bits (|w| <= 64: ONNX Runtime's
+    U8S8 kernels on x86 without VNNI cannot saturate), off uses the full 8 bits; the manifest says
+    which. auto resolves on this machine (skipdecode.cpu.int8_saturates)."""
+    from skipdecode.cpu import int8_saturates
+
+    folder, _, _ = tiny_export("llama-gqa")
+    m = quantize_export(folder, tmp_path / reduce_range, QuantConfig("int8-dynamic", reduce_range=reduce_range))
+    assert m.quantization["reduced_weights"] is (reduce_range == "on")
+    weights = [onnx.numpy_helper.to_array(i) for e in m.graphs.layers for i in onnx.load(tmp_path / reduce_range / e.file).graph.initializer
+               if i.data_type == onnx.TensorProto.INT8 and i.dims and len(i.dims) == 2]
+    assert weights and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) == top
+    assert QuantConfig("int8-dynamic").reduced_weights is int8_saturates()
+    with pytest.raises(SkipDecodeError, match="--reduce-range must be one of auto, on, off"):
+        QuantConfig("int8-dynamic", reduce_range="7bit")
+    # the runtime warns where full 8-bit weights meet a saturating CPU, and only there
+    import skipdecode.cpu
+
+    for saturates in (True, False):
+        monkeypatch.setattr(skipdecode.cpu, "int8_saturates", lambda: saturates)
+        capsys.readouterr()
+        OnnxRuntimeBackend(tmp_path / reduce_range)
+        warned = "--reduce-range on" in capsys.readouterr().err
+        assert warned is (saturates and reduce_range == "off")
+
+
 def test_check_is_recorded_in_the_manifest(tiny_export, tmp_path):
     folder, _, _ = tiny_export("opt-gqa")
     m = quantize_export(folder, tmp_path / "q", QuantConfig("int8-dynamic"), check_prompts=[[5, 6, 7], [9, 10]],
