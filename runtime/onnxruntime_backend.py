@@ -84,7 +84,7 @@ class OnnxRuntimeBackend:
         self.dtype = np.dtype(m.dtype)
         self.kv_heads, self.head_dim, self.hidden_size = m.num_kv_heads, m.head_dim, m.hidden_size
         self.providers = list(providers or ["CPUExecutionProvider"])
-        if saturating_int8(m.quantization) and "CPUExecutionProvider" == self.providers[0]:
+        if saturating_int8(m.quantization) and self.providers[0] == "CPUExecutionProvider":
             print(f"skipdecode: warning: {self.dir} has full 8-bit int8 weights, and this CPU (x86 without VNNI) "
                   "adds their products in 16 bits, which saturates: expect wrong outputs; re-run `skipdecode "
                   "calibrate --reduce-range on`", file=sys.stderr)
