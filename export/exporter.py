@@ -27,7 +27,7 @@ from skipdecode.export.contract import (ADAPTERS_ONNXRUNTIME_ONLY, EMBED, LM_HEA
                                         graph_file, layer_file)
 from skipdecode.models.loading import EMBEDDED
 from skipdecode.runtime.manifest import GraphEntry, Graphs, Manifest
-from skipdecode.schedule import read_schedule_file, write_schedule_file
+from skipdecode.schedule import write_schedule_file
 
 DTYPES = {"float32": (torch.float32, np.float32), "float16": (torch.float16, np.float16)}
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GiB limit, with margin
@@ -150,7 +150,7 @@ def write_target(model, loaded, folder: Path, target: str, cfg: ExportConfig, ma
 
     tokenizer_files = copy_tokenizer(loaded.path, folder)
     if loaded.schedule is not None:  # with the checkpoint's facts (training, a `skipdecode tune` record)
-        write_schedule_file(folder, loaded.schedule, read_schedule_file(loaded.path)[1])
+        write_schedule_file(folder, loaded.schedule, loaded.facts)
     import onnxruntime
     import onnxscript
 

@@ -10,7 +10,7 @@ import hashlib
 import importlib.util
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,6 +34,8 @@ class LoadedModel:
     schedule: Schedule | None
     """The checkpoint's own schedule (skipdecode.json): the one it was fine-tuned under, or the one
     `skipdecode tune` chose for it; None: it has none."""
+    facts: dict = field(default_factory=dict)
+    """The rest of its skipdecode.json (training facts: a speedup range's window and decay, adapters)."""
 
 
 
@@ -170,7 +172,7 @@ def load_model(spec: str, device: str = "cpu", dtype: torch.dtype = torch.float3
     model = model.to(device=device, dtype=dtype).eval()
     if config.family == "llama":
         model.inv_freq = model.inv_freq.float()
-    return LoadedModel(model, Tokenizer.from_dir(path), path, schedule)
+    return LoadedModel(model, Tokenizer.from_dir(path), path, schedule, facts)
 
 
 def copy_tokenizer(src: Path, dst: Path) -> list[str]:

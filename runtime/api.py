@@ -91,9 +91,7 @@ class Runtime:
         if speedup is not None:
             base = like or self.own_schedule
             family = (base or Schedule.full(self.num_layers)).family()
-            shape = default_shape(base, self.facts)
-            if window is not None:
-                shape["window"] = window
+            shape = default_shape(base, self.facts, window)
             try:
                 return Schedule.full(self.num_layers, **family) if speedup == 1 else Schedule.for_speedup(
                     self.num_layers, speedup, **shape, **family)

@@ -9,6 +9,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import platform
 from pathlib import Path
 from typing import Iterable
@@ -18,8 +19,10 @@ INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 X86 = ("x86_64", "amd64", "i386", "i686", "x86")
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
-    """The CPU's feature flags (x86 ``flags``, ARM ``Features``); empty where unreadable."""
+    """The CPU's feature flags (x86 ``flags``, ARM ``Features``); empty where unreadable. Read once
+    per file: calibration asks for every graph it quantizes."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:

@@ -432,8 +432,10 @@ def read_trained_schedule(folder: str | Path) -> Schedule | None:
         raise SkipDecodeError(f"{Path(folder) / SCHEDULE_FILE}: invalid {TRAINED_SCHEDULE} ({e})") from None
 
 
-def default_shape(own: Schedule | None, facts: Mapping | None = None) -> dict:
-    """The shape a speedup is solved in when no flag says (``for_speedup(L, S, **shape)``): the
+def default_shape(own: Schedule | None, facts: Mapping | None = None, window: int | None = None,
+                  decay: str | None = None) -> dict:
+    """The shape a speedup is solved in (``for_speedup(L, S, **shape)``): ``window`` and ``decay``
+    where given (the flags), else the
     ``window``, ``decay`` and ``power`` of ``own`` (the schedule a checkpoint or export runs by
     default), unless ``own`` is full depth. A full-depth own schedule records window 1, over which
     any speedup would solve to static dropping: a speedup-range model's (its full-depth low end)
@@ -447,16 +449,22 @@ def default_shape(own: Schedule | None, facts: Mapping | None = None) -> dict:
     {'window': 16, 'decay': 'power', 'power': 2.0}
     >>> default_shape(Schedule.full(30), {"speedup_range": [1, 5], "window": 24, "decay": "power"})["window"]
     24
-    >>> default_shape(Schedule.constant(30, 10))["window"]
-    1
+    >>> default_shape(Schedule.constant(30, 10))["window"], default_shape(Schedule.full(30), window=8)["window"]
+    (1, 8)
     """
-    if own is not None and not own.is_full:
-        return {"window": own.window, "decay": own.decay, "power": own.power}
     facts = facts or {}
-    if "speedup_range" in facts:  # (older range checkpoints record neither window nor decay)
-        return {"window": int(facts.get("window", DEFAULT_WINDOW)), "decay": facts.get("decay", "linear"),
-                "power": 2.0}
-    return {"window": DEFAULT_WINDOW, "decay": "linear", "power": 2.0}
+    if own is not None and not own.is_full:
+        shape = {"window": own.window, "decay": own.decay, "power": own.power}
+    elif "speedup_range" in facts:  # (older range checkpoints record neither window nor decay)
+        shape = {"window": int(facts.get("window", DEFAULT_WINDOW)), "decay": facts.get("decay", "linear"),
+                 "power": 2.0}
+    else:
+        shape = {"window": DEFAULT_WINDOW, "decay": "linear", "power": 2.0}
+    if window is not None:
+        shape["window"] = window
+    if decay is not None:
+        shape["decay"] = decay
+    return shape
 
 
 def write_schedule_file(folder: str | Path, schedule: Schedule | None, facts: dict) -> Path:

@@ -44,12 +44,11 @@ def _open_torch(args):
 
     from skipdecode.models import load_model
     from skipdecode.models.backend import TorchBackend
-    from skipdecode.schedule import read_schedule_file
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SkipDecodeError("--device cuda: no CUDA device is available")
     loaded = load_model(args.model, args.device, getattr(torch, args.dtype))
-    return TorchBackend(loaded.model), loaded.tokenizer, loaded.schedule, read_schedule_file(loaded.path)[1]
+    return TorchBackend(loaded.model), loaded.tokenizer, loaded.schedule, loaded.facts
 
 
 def _open_export(args):

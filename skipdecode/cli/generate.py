@@ -21,15 +21,13 @@ def run(args) -> int:
     from skipdecode.models import load_model
     from skipdecode.models.backend import TorchBackend
     from skipdecode.runtime.api import Runtime
-    from skipdecode.schedule import read_schedule_file
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SkipDecodeError("--device cuda: no CUDA device is available")
     prompts = options.read_prompts(args)
     config = options.generation_config(args)
     loaded = load_model(args.model, args.device, getattr(torch, args.dtype))
-    schedule = options.build_schedule(args, loaded.model.num_layers, loaded.schedule,
-                                      read_schedule_file(loaded.path)[1])
+    schedule = options.build_schedule(args, loaded.model.num_layers, loaded.schedule, loaded.facts)
     rt = Runtime(TorchBackend(loaded.model), loaded.tokenizer)
     run = rt.timed(prompts, schedule, show_progress=args.input is not None, max_new_tokens=config.max_new_tokens,
                    batch_size=args.batch_size, sampling=config.sampling, stop=config.stop)

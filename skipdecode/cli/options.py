@@ -83,12 +83,7 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
 
 def solve_shape(args, trained: Schedule | None = None, facts: Mapping | None = None) -> dict:
     """--window and --decay, each defaulting to the checkpoint's (``default_shape``)."""
-    shape = default_shape(trained, facts)
-    if args.window is not None:
-        shape["window"] = args.window
-    if args.decay is not None:
-        shape["decay"] = args.decay
-    return shape
+    return default_shape(trained, facts, args.window, args.decay)
 
 
 def build_schedule(args, num_layers: int, trained: Schedule | None = None, facts: Mapping | None = None) -> Schedule:
