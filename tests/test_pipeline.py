@@ -28,7 +28,8 @@ def data(tmp_path) -> Path:
 
 def test_demo_pipeline(export_checkpoints, data, tmp_path, capsys):
     cfg = DemoConfig(model=str(export_checkpoints["llama-gqa"]), data=str(data), out=tmp_path / "out", steps=3,
-                     speedup=2, window=4, any_budget=False, test_inputs=3, batch_size=2, max_new_tokens=6)
+                     speedup=2, window=4, any_budget=False, test_inputs=3, timed_inputs=2, batch_size=2,
+                     max_new_tokens=6)
     results = run_demo(cfg)
     assert (tmp_path / "out" / "train" / "final" / "skipdecode.json").exists()
     assert (tmp_path / "out" / "export" / "manifest.json").exists()
@@ -42,8 +43,20 @@ def test_demo_pipeline(export_checkpoints, data, tmp_path, capsys):
     for r in (full, skip):
         assert r["rouge_l"] == pytest.approx(rouge_l([row.text.strip() for row in r["rows"]], refs))
         assert r["bleu"] == pytest.approx(corpus_bleu([row.text.strip() for row in r["rows"]], refs))
+    # every scored output is kept as an eval report, so the gap gets a paired interval
+    from skipdecode.evaluation.compare import load_outputs, paired_bootstrap
+    from skipdecode.evaluation.report import load_report
+
+    reports = {name: load_report(tmp_path / "out" / name) for name in ("full", "skip")}
+    outputs = {name: load_outputs(r) for name, r in reports.items()}
+    for name, r in (("full", full), ("skip", skip)):
+        assert reports[name]["num_inputs"] == 3 and reports[name]["rouge_l"] == pytest.approx(r["rouge_l"], abs=0.01)
+        assert [o["output"] for o in outputs[name]] == [row.text.strip() for row in r["rows"]]
+    d, lo, hi = paired_bootstrap(outputs["skip"], outputs["full"])
+    assert d == pytest.approx(skip["rouge_l"] - full["rouge_l"], abs=0.05) and lo <= d <= hi
     out = capsys.readouterr().out
     assert "realised layer speedup" in out and "MR:   w3 w4 w5" in out
+    assert "3 E2E test MRs scored, the first 2 timed" in out
     again = run_demo(cfg)  # stages already done are skipped, same greedy outputs
     assert [r.token_ids for r in again["skip"]["rows"]] == [r.token_ids for r in skip["rows"]]
 
@@ -62,6 +75,26 @@ def test_demo_any_budget_trains_a_range_and_serves_both_ends(export_checkpoints,
     assert info["entry_adapter"]["rank"] == 32 and manifest["entry_adapter"]["rank"] == 32
     assert manifest["graphs"]["adapters"]
     assert results["full"]["schedule"].is_full and results["skip"]["schedule"].speedup == pytest.approx(3, rel=0.2)
+
+
+def test_demo_times_only_the_first_mrs_but_scores_them_all(export_checkpoints, data, tmp_path):
+    """The timed subset's rows are the scored rows' first ones (greedy, same batches)."""
+    from skipdecode.pipeline import serve_and_score
+
+    kw = dict(model=str(export_checkpoints["llama-gqa"]), data=str(data), steps=2, speedup=2, window=4,
+              any_budget=False, test_inputs=4, batch_size=2, max_new_tokens=5)
+    split = run_demo(DemoConfig(out=tmp_path / "out", timed_inputs=2, **kw))
+    whole = serve_and_score(DemoConfig(out=tmp_path / "out2", timed_inputs=4, **kw), tmp_path / "out" / "export", data)
+    assert split["timed_inputs"] == 2 and whole["timed_inputs"] == 4
+    for name in ("full", "skip"):
+        assert [r.token_ids for r in split[name]["rows"]] == [r.token_ids for r in whole[name]["rows"]]
+        assert len(split[name]["rows"]) == 4
+
+
+@pytest.mark.parametrize("field", ["test_inputs", "timed_inputs"])
+def test_demo_refuses_a_count_below_one(tmp_path, field):
+    with pytest.raises(SkipDecodeError, match=f"--{field.replace('_', '-')} must be >= 1, got 0"):
+        run_demo(DemoConfig(out=tmp_path / "out", **{field: 0}))
 
 
 def test_demo_without_data_names_the_problem(tmp_path):

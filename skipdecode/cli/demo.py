@@ -18,6 +18,8 @@ def add_arguments(p):
     p.add_argument("--fixed-schedule", action="store_true", help="fine-tune under the --speedup schedule only "
                    "(default: speedups drawn from 1..--speedup per batch, so one checkpoint serves both columns)")
     p.add_argument("--test-inputs", type=int, default=D.test_inputs, help=f"test MRs scored (default {D.test_inputs})")
+    p.add_argument("--timed-inputs", type=int, default=D.timed_inputs,
+                   help=f"the first of those MRs that the speed columns time (default {D.timed_inputs})")
     p.add_argument("--batch-size", type=int, default=D.batch_size)
     p.add_argument("--entry-adapter", default=D.entry_adapter, help="entry adapters' rank, or full; 0: none "
                    f"(default {D.entry_adapter})")
@@ -29,6 +31,7 @@ def run(args) -> int:
     from skipdecode.pipeline import DemoConfig, run_demo
 
     run_demo(DemoConfig(model=args.model, data=args.data, out=Path(args.out), steps=args.steps, speedup=args.speedup,
-                        window=args.window, any_budget=not args.fixed_schedule, test_inputs=args.test_inputs, batch_size=args.batch_size,
+                        window=args.window, any_budget=not args.fixed_schedule, test_inputs=args.test_inputs,
+                        timed_inputs=args.timed_inputs, batch_size=args.batch_size,
                         entry_adapter=args.entry_adapter))
     return 0
