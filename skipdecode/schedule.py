@@ -423,7 +423,11 @@ def read_trained_schedule(folder: str | Path) -> Schedule | None:
     """The schedule ``folder``'s checkpoint was fine-tuned under: skipdecode.json's
     ``trained_schedule`` once `skipdecode tune` has replaced its ``schedule``, else ``schedule``
     (what resuming or extending the training must match)."""
-    schedule, facts = read_schedule_file(folder)
+    return trained_schedule(*read_schedule_file(folder), folder)
+
+
+def trained_schedule(schedule: Schedule | None, facts: Mapping, folder: str | Path) -> Schedule | None:
+    """:func:`read_trained_schedule` from a skipdecode.json already read (``read_schedule_file``)."""
     if TRAINED_SCHEDULE not in facts:
         return schedule
     try:

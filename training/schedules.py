@@ -7,6 +7,9 @@ from a speedup range so that a single checkpoint serves every speedup in it.
 [3.8, 3.5, 2.9]
 >>> s.saved().speedup == s.low.speedup
 True
+>>> e = ScheduleSampler.for_range(30, 1.0, 3.0, window=32, ends=1.0)  # the two ends only
+>>> sorted({round(e.sample(rng).speedup, 1) for _ in range(20)})
+[1.0, 3.0]
 """
 
 from __future__ import annotations
@@ -39,6 +42,13 @@ def parse_range(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def check_ends(ends: float) -> float:
+    """``--range-ends``'s value, a share in [0, 1]."""
+    if not 0 <= ends <= 1:
+        raise SkipDecodeError(f"--range-ends: {ends:g} is not a share in [0, 1]")
+    return ends
+
+
 @dataclass(frozen=True)
 class ScheduleSampler:
     fixed: Schedule | None = None
@@ -51,16 +61,21 @@ class ScheduleSampler:
     drop_order: tuple[int, ...] | None = None
     """The family every drawn schedule shares (``Schedule.family()``): warm-up, drop order, prompt depth."""
     prompt_layers: int | None = None
+    ends: float = 0.0
+    """For a range: the share of batches drawn at one of its two ends (half each, as the sandwich
+    rule of slimmable networks trains the smallest and largest widths); the rest uniform between."""
 
     @classmethod
     def for_range(cls, num_layers: int, lo: float, hi: float, window: int = DEFAULT_WINDOW, warmup_layers: int = 1,
-                  decay: str = "linear", drop_order=None, prompt_layers: int | None = None) -> "ScheduleSampler":
+                  decay: str = "linear", drop_order=None, prompt_layers: int | None = None,
+                  ends: float = 0.0) -> "ScheduleSampler":
         most = num_layers / max(1, warmup_layers)
         if hi > most:
             raise SkipDecodeError(f"--speedup-range: {hi:g} is above {most:g}, the most {num_layers} layers allow")
         drop_order = Schedule.full(num_layers, warmup_layers, drop_order).drop_order  # a name, checked -> layers
+        check_ends(ends)
         low = _solve(num_layers, round(lo, 2), window, warmup_layers, decay, drop_order, prompt_layers)
-        return cls(None, low, (lo, hi), window, warmup_layers, decay, drop_order, prompt_layers)
+        return cls(None, low, (lo, hi), window, warmup_layers, decay, drop_order, prompt_layers, ends)
 
     @property
     def num_layers(self) -> int:
@@ -70,6 +85,8 @@ class ScheduleSampler:
         if self.fixed is not None:
             return self.fixed
         lo, hi = self.speedup_range
+        if self.ends and rng.random() < self.ends:  # no extra draw without ends: the same stream as before
+            return self._solve(round(rng.choice((lo, hi)), 2))
         s = round(rng.uniform(lo, hi), 2)  # rounded so the solver's cache stays small
         return self._solve(s)
 
@@ -92,4 +109,6 @@ class ScheduleSampler:
         out = {"schedule": self.saved().to_dict()}
         if self.speedup_range is not None:  # the window and decay too: the saved low end may be full depth
             out.update(speedup_range=list(self.speedup_range), window=self.window, decay=self.decay)
+            if self.ends:  # absent at 0, as in checkpoints from before it
+                out["range_ends"] = self.ends
         return out

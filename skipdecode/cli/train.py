@@ -23,6 +23,9 @@ def add_arguments(p):
                         "(default 0.05 when --eval-every is set and --eval-data is not)")
     options.add_schedule_arguments(p)
     p.add_argument("--speedup-range", metavar="A:B", help="sample a schedule per batch with a speedup in [A, B]")
+    p.add_argument("--range-ends", type=float, default=0.0, metavar="P",
+                   help="with --speedup-range: the share of batches drawn at A or B (half each), the rest "
+                        "uniform in [A, B] (default 0)")
     p.add_argument("--distill-from", metavar="SPEC", help="full-depth teacher for a KL term (e.g. the base model)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")
@@ -44,7 +47,7 @@ def make_sampler(args):
                 raise SkipDecodeError("give --speedup-range or --speedup/--max-layers/--min-layers, not both")
             lo, hi = parse_range(args.speedup_range)
             return ScheduleSampler.for_range(num_layers, lo, hi, shape["window"], decay=shape["decay"],
-                                             **options.schedule_family(args, trained))
+                                             ends=args.range_ends, **options.schedule_family(args, trained))
         fixed = options.build_schedule(args, num_layers, trained)
         return ScheduleSampler(fixed=fixed, window=shape["window"], decay=shape["decay"], **fixed.family())
 
@@ -62,9 +65,12 @@ def run(args) -> int:
     options.set_torch_threads(args.threads)
     if args.distill_from is None and args.distill_weight != TrainConfig.distill_weight:
         raise SkipDecodeError("--distill-weight needs --distill-from")
+    if args.range_ends and not args.speedup_range:
+        raise SkipDecodeError("--range-ends needs --speedup-range")
     if args.speedup_range:  # fail on a malformed range before loading anything
-        from skipdecode.training.schedules import parse_range
+        from skipdecode.training.schedules import check_ends, parse_range
         parse_range(args.speedup_range)
+        check_ends(args.range_ends)
     cfg = from_args(TrainConfig, args)
     fields = dict(fmt=args.format, prompt_field=args.prompt_field, target_field=args.target_field)
     train = load_examples(args.data, **fields)

@@ -55,18 +55,18 @@ def run(args) -> int:
             raise SkipDecodeError("--device cuda: no CUDA device is available")
 
     from skipdecode.models import load_model
-    from skipdecode.schedule import Schedule, read_schedule_file, read_trained_schedule
+    from skipdecode.schedule import Schedule, trained_schedule
 
     examples = load_examples(args.data, args.format, args.prompt_field, args.target_field)
     held, heldout = tune_report.heldout_examples(checkpoint, examples, config)
-    trained = read_trained_schedule(checkpoint)
     loaded = load_model(str(checkpoint), args.device)
+    trained = trained_schedule(loaded.schedule, loaded.facts, checkpoint)
     L = loaded.model.num_layers
     if trained is not None and trained.num_layers != L:
         raise SkipDecodeError(f"{checkpoint}/skipdecode.json is for {trained.num_layers} layers, the model has {L}")
     family = trained or Schedule.full(L)
     result = tune_report.tune(loaded.model, loaded.tokenizer, held, family, config, heldout,
-                              log=lambda s: print(s, file=sys.stderr), facts=read_schedule_file(checkpoint)[1])
+                              log=lambda s: print(s, file=sys.stderr), facts=loaded.facts)
     tune_report.write_report(out, result, str(checkpoint), args.data)
     print(tune_report.format_table(result))
     c = result.chosen

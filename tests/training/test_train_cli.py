@@ -61,6 +61,34 @@ def test_drop_order_and_prompt_depth_are_trained_and_recorded(train_llama, tmp_p
     assert all(d.keep_order == saved.keep_order and d.prompt_depth == max(3, d.layers_at(0)) for d in draws)
 
 
+def test_range_ends_are_trained_recorded_and_fixed_on_resume(train_llama, tmp_path, capsys):
+    """--range-ends draws the range's ends for that share of batches; skipdecode.json records it, and a
+    resume that gives another share is refused (the batches would come from another distribution)."""
+    data = write_e2e(tmp_path / "d.csv", e2e_rows(8))
+    out = tmp_path / "out"
+    common = ("--model", train_llama, "--data", data, "--out", out, "--speedup-range", "1:3", "--batch-size", 4,
+              "--save-every", 1, "--no-progress")
+    code, err = run(capsys, *common, "--range-ends", 0.5, "--max-steps", 1)
+    assert code == 0, err
+    assert json.loads((out / "final" / "skipdecode.json").read_text())["range_ends"] == 0.5
+    code, err = run(capsys, *common, "--max-steps", 2, "--resume")
+    assert code == 2 and "range_ends=0.5" in err, err
+    code, err = run(capsys, *common, "--range-ends", 0.5, "--max-steps", 2, "--resume")
+    assert code == 0, err
+
+
+def test_range_ends_share_of_batches():
+    from skipdecode.training.schedules import ScheduleSampler
+
+    rng = random.Random(0)
+    plain = ScheduleSampler.for_range(6, 1, 3)
+    ends = ScheduleSampler.for_range(6, 1, 3, ends=0.5)
+    lo, hi = plain.eval_schedules().values()  # a uniform draw can solve to an end's schedule too
+    at_ends = lambda s: sum(s.sample(rng) in (lo, hi) for _ in range(4000)) / 4000
+    p = at_ends(plain)
+    assert at_ends(ends) == pytest.approx(0.5 + 0.5 * p, abs=0.04) and p < 0.3
+
+
 def test_entry_adapter_flag_trains_and_records_them(train_llama, tmp_path, capsys):
     data = write_e2e(tmp_path / "d.csv", e2e_rows(4))
     out = tmp_path / "out"
@@ -83,6 +111,8 @@ def test_entry_adapter_flag_trains_and_records_them(train_llama, tmp_path, capsy
     ([("w3", "w4")], ["--speedup", "2", "--drop-order", "1,2,3"], "drop_order must list each droppable layer once"),
     ([("w3", "w4")], ["--speedup", "2", "--prompt-layers", "7"], "prompt_layers must be an integer in [1, num_layers=6]"),
     ([("w3", "w4")], ["--entry-adapter", "x"], "entry_adapter must be 0 (none), a positive rank or 'full', got 'x'"),
+    ([("w3", "w4")], ["--range-ends", "0.5"], "--range-ends needs --speedup-range"),
+    ([("w3", "w4")], ["--speedup-range", "1:3", "--range-ends", "1.5"], "--range-ends: 1.5 is not a share in [0, 1]"),
 ])
 def test_bad_input_is_one_line_and_exit_2(train_llama, tmp_path, capsys, rows, argv, message):
     data = write_e2e(tmp_path / "d.csv", rows)
