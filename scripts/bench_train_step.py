@@ -2,7 +2,7 @@
 
     python scripts/bench_train_step.py --data /path/to/e2e/devset.csv [--model smollm2-135m]
         [--speedups 1 3 5] [--batch-size 16] [--repeats 5] [--window 32] [--threads N]
-        [--precisions fp32 bf16] [--optimizers adamw fused] [--prompt-layers N]
+        [--precisions fp32 bf16] [--optimizers adamw fused] [--prompt-layers N] [--entry-adapter RANK]
 
 Every (speedup, precision, optimizer) is a variant; the first of each list is the baseline the
 others vary from one at a time. Variants are timed in interleaved rounds after one warm-up round,
@@ -12,7 +12,8 @@ schedule computes, and the machine (with its native-bf16 flags). Besides wall ti
 process's CPU time, which other processes' load barely disturbs (with --threads 1 it is the step's
 compute time). bf16 is autocast over fp32 weights, as `skipdecode train --mixed-precision bf16`
 runs it; ``adamw`` is the optimizer with torch's default implementation, ``fused`` its fused kernel
-(what training/optim.py uses).
+(what training/optim.py uses). ``--entry-adapter R`` adds the first skip speedup with rank-R entry
+adapters (``train --entry-adapter``), beside the same schedule without them.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def main() -> int:
     p.add_argument("--optimizers", nargs="+", choices=["adamw", "fused"], default=["fused"])
     p.add_argument("--prompt-layers", type=int, help="prompt depth of the skip schedules (default: all layers)")
     p.add_argument("--no-head-all", action="store_true", help="skip the 'head on all columns' variant")
+    p.add_argument("--entry-adapter", help="also time the first skip speedup with entry adapters of this rank")
     args = p.parse_args()
 
     if args.threads:
@@ -75,10 +77,18 @@ def main() -> int:
     schedules = {s: Schedule.full(L) if s == 1 else Schedule.for_speedup(L, s, args.window,
                                                                           prompt_layers=args.prompt_layers)
                  for s in args.speedups}
+    adapters = None
+    if args.entry_adapter:
+        from skipdecode.models.adapters import parse_rank
+
+        adapters = model.add_entry_adapters(parse_rank(args.entry_adapter), Schedule.full(L).entry_layers,
+                                            seed=args.seed)
     optimizers = {o: torch.optim.AdamW(model.parameters(), lr=1e-6, fused=o == "fused") for o in args.optimizers}
 
-    def step(schedule: Schedule, precision: str, opt: str, head_all: bool = False) -> tuple[float, float, float]:
+    def step(schedule: Schedule, precision: str, opt: str, head_all: bool = False,
+             adapted: bool = False) -> tuple[float, float, float]:
         optimizer = optimizers[opt]
+        model.entry_adapters = adapters if adapted else None
         t0, c0 = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -100,13 +110,19 @@ def main() -> int:
                  for o in args.optimizers[1:]]
     if not args.no_head_all:
         variants.append((f"1x {p0} {o0}, head on all columns", Schedule.full(L), p0, o0, True))
+    if adapters is not None:
+        skip = next((s for s in args.speedups if s > 1), None)
+        if skip is None:
+            p.error("--entry-adapter needs a speedup above 1 in --speedups (full depth enters no layer)")
+        variants.append((f"{skip:g}x {p0} {o0}, entry adapters rank {args.entry_adapter}", schedules[skip], p0, o0,
+                         False, True))
     times = {v[0]: [] for v in variants}
     cpu = {v[0]: [] for v in variants}
     opt_cpu = {v[0]: [] for v in variants}
     load = os.getloadavg()[0]
     for r in range(args.repeats + 1):
-        for name, schedule, precision, opt, head_all in variants:
-            dt, dc, do = step(schedule, precision, opt, head_all)
+        for name, schedule, precision, opt, head_all, *adapted in variants:
+            dt, dc, do = step(schedule, precision, opt, head_all, bool(adapted and adapted[0]))
             if r:  # round 0 warms up
                 times[name].append(dt)
                 cpu[name].append(dc)

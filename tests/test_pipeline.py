@@ -69,7 +69,7 @@ def test_demo_any_budget_trains_a_range_and_serves_both_ends(export_checkpoints,
                      entry_adapter="32")
     results = run_demo(cfg)
     info = json.loads((tmp_path / "out" / "train" / "final" / "skipdecode.json").read_text())
-    assert info["speedup_range"] == [1.0, 3.0]
+    assert info["speedup_range"] == [1.0, 3.0] and info["range_ends"] == DemoConfig.range_ends > 0
     # --entry-adapter: trained, exported and applied by ONNX Runtime (validated at export)
     manifest = json.loads((tmp_path / "out" / "export" / "manifest.json").read_text())
     assert info["entry_adapter"]["rank"] == 32 and manifest["entry_adapter"]["rank"] == 32
@@ -91,10 +91,12 @@ def test_demo_times_only_the_first_mrs_but_scores_them_all(export_checkpoints, d
         assert len(split[name]["rows"]) == 4
 
 
-@pytest.mark.parametrize("field", ["test_inputs", "timed_inputs"])
-def test_demo_refuses_a_count_below_one(tmp_path, field):
-    with pytest.raises(SkipDecodeError, match=f"--{field.replace('_', '-')} must be >= 1, got 0"):
-        run_demo(DemoConfig(out=tmp_path / "out", **{field: 0}))
+@pytest.mark.parametrize("field, value, message", [("test_inputs", 0, "--test-inputs must be >= 1, got 0"),
+                                                   ("timed_inputs", 0, "--timed-inputs must be >= 1, got 0"),
+                                                   ("range_ends", 2.0, r"--range-ends: 2 is not a share in \[0, 1\]")])
+def test_demo_refuses_bad_counts_and_shares(tmp_path, field, value, message):
+    with pytest.raises(SkipDecodeError, match=message):
+        run_demo(DemoConfig(out=tmp_path / "out", **{field: value}))
 
 
 def test_demo_without_data_names_the_problem(tmp_path):

@@ -17,6 +17,8 @@ def add_arguments(p):
     p.add_argument("--window", type=int, default=D.window, help=f"decay window in tokens (default {D.window})")
     p.add_argument("--fixed-schedule", action="store_true", help="fine-tune under the --speedup schedule only "
                    "(default: speedups drawn from 1..--speedup per batch, so one checkpoint serves both columns)")
+    p.add_argument("--range-ends", type=float, default=D.range_ends, metavar="P",
+                   help=f"share of fine-tuning batches at 1x or --speedup, the rest drawn between (default {D.range_ends:g})")
     p.add_argument("--test-inputs", type=int, default=D.test_inputs, help=f"test MRs scored (default {D.test_inputs})")
     p.add_argument("--timed-inputs", type=int, default=D.timed_inputs,
                    help=f"the first of those MRs that the speed columns time (default {D.timed_inputs})")
@@ -31,7 +33,8 @@ def run(args) -> int:
     from skipdecode.pipeline import DemoConfig, run_demo
 
     run_demo(DemoConfig(model=args.model, data=args.data, out=Path(args.out), steps=args.steps, speedup=args.speedup,
-                        window=args.window, any_budget=not args.fixed_schedule, test_inputs=args.test_inputs,
+                        window=args.window, any_budget=not args.fixed_schedule,
+                        range_ends=args.range_ends, test_inputs=args.test_inputs,
                         timed_inputs=args.timed_inputs, batch_size=args.batch_size,
                         entry_adapter=args.entry_adapter))
     return 0
