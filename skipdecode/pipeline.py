@@ -189,7 +189,7 @@ def report(cfg: DemoConfig, results: dict, times: StageTimes) -> None:
           "the prompts run every layer under both)")
     print("stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.seconds.items()))
     print(f"every output and its score: {cfg.out / 'full'}, {cfg.out / 'skip'} (the gap's interval: "
-          f"skipdecode compare --paired {cfg.out / 'full'} {cfg.out / 'skip'})")
+          f"skipdecode compare --paired {cfg.out / 'skip'} {cfg.out / 'full'})")
 
 
 def run_demo(cfg: DemoConfig) -> dict:
