@@ -121,8 +121,8 @@ def main() -> int:
     opt_cpu = {v[0]: [] for v in variants}
     load = os.getloadavg()[0]
     for r in range(args.repeats + 1):
-        for name, schedule, precision, opt, head_all, *adapted in variants:
-            dt, dc, do = step(schedule, precision, opt, head_all, bool(adapted and adapted[0]))
+        for name, schedule, *how in variants:  # how: precision, optimizer, head_all[, adapted]
+            dt, dc, do = step(schedule, *how)
             if r:  # round 0 warms up
                 times[name].append(dt)
                 cpu[name].append(dc)
