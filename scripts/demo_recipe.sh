@@ -3,7 +3,7 @@
 # demo's budget, each scored on held-out dev MRs only (never the test set), at full depth and at 3x.
 # Every run: SmolLM2-135M, speedups drawn per batch from 1..3 (one checkpoint, both columns), batch
 # 16, lr 2e-4, 10% warm-up steps, seed 0, --holdout 0.1 of the E2E dev MRs.
-#   bash scripts/demo_recipe.sh train NAME   # NAME: base | prompt15 | even | adapter | ends | lr4 | b8 | adapter-lr4 | ...
+#   bash scripts/demo_recipe.sh train NAME   # NAME: base | prompt15 | even | adapter | ends | ends1 | power | lr4 | b8 | adapter-lr4 | ...
 #   bash scripts/demo_recipe.sh eval NAME    # -> out/recipe/NAME-{full,3x,static12}/report.json
 #   bash scripts/demo_recipe.sh table        # every report, one line each
 # STEPS (default 120) and THREADS (default 2) are environment variables. Re-running `train` resumes.
@@ -36,6 +36,8 @@ for part in ${name//-/ }; do
     even) lever+=(--drop-order even) ;;
     adapter) lever+=(--entry-adapter 32) ;;
     ends) lever+=(--range-ends 0.5) ;;         # half the batches at 1x or 3x, the rest uniform in between
+    ends1) lever+=(--range-ends 1.0) ;;        # every batch at 1x or 3x, none in between
+    power) lever+=(--decay power) ;;           # power-law decay: 3x is 16->7 over 32 steps instead of 15->5
     lr4) lr=4e-4 ;;
     b8) batch=8 steps=$(( STEPS * 2 )) ;;
     s[0-9]*) seed=${part#s} ;;

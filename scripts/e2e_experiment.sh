@@ -30,6 +30,9 @@ if [ "$what" = bench ]; then
   skipdecode bench "${common[@]}" --speedups 3 --window 32 --decay power --json out/e2e-bench/power-w32.json
   exit 0
 fi
+# The teacher of 3x-pd and static3x-d: the 1x model of the same budget, its final weights at 300
+# steps and its best/ (lowest held-out loss, near step 500) at 1,200, where the final ones overfit.
+teacher=runs/e2e-smollm2-1x$tag/$([ "$STEPS" = 300 ] && echo final || echo best)
 case $name in
   3x) sched=(--speedup 3 --window 32) ;;
   2x) sched=(--speedup 2 --window 32) ;;
@@ -39,8 +42,8 @@ case $name in
   range1-5) sched=(--speedup-range 1:5 --window 32) ;;
   # the levers that helped on the held-out MRs (scripts/e2e_levers.sh), at the full budget, and the
   # static baseline with the same teacher
-  3x-pd) sched=(--speedup 3 --window 32 --decay power --distill-from runs/e2e-smollm2-1x$tag/final) ;;
-  static3x-d) sched=(--max-layers 10 --min-layers 10 --distill-from runs/e2e-smollm2-1x$tag/final) ;;
+  3x-pd) sched=(--speedup 3 --window 32 --decay power --distill-from "$teacher") ;;
+  static3x-d) sched=(--max-layers 10 --min-layers 10 --distill-from "$teacher") ;;
   3x-adapter) sched=(--speedup 3 --window 32 --entry-adapter 32) ;;   # issue 16's entry adapter lever
   *) echo "unknown run $name" >&2; exit 2 ;;
 esac
