@@ -43,8 +43,8 @@ class DemoConfig:
     """With any_budget: the share of batches drawn at 1x or at the speedup (half each), the rest
     uniform in between (`train --range-ends`). On held-out dev prompts 0.5 lifted the 3x column by
     1.4 and 2.3 ROUGE-L (two seeds) at a higher realised speedup, with full depth unchanged; it costs
-    the middle of the range on one seed (2x: -2.4 and -0.2), which the demo does not serve
-    (docs/RESULTS.md)."""
+    the middle of the range on one seed (2x: -2.4 and -0.2), which the demo does not serve. 1.0
+    (every batch at an end) scored 1.3 lower at 3x, with longer outputs (docs/RESULTS.md)."""
     test_inputs: int = 128
     """Test MRs generated and scored (of 630). 32 MRs are too few to measure the skip column's gap:
     on two hosts the same recipe gave 3.1 and 9.5 on the first 32, 4.5 on 128 (docs/RESULTS.md)."""
