@@ -31,8 +31,10 @@ NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
 """/proc/cpuinfo flags under which oneDNN has native bf16 kernels (x86 AMX, AVX512-BF16; ARM bf16)."""
 THRESHOLD = 1.3
 """bf16 must run the micro-benchmark this many times faster than fp32 to be chosen."""
-BENCH_TOKENS = 256
-"""Rows of the micro-benchmark's activations (a few training sequences' worth)."""
+BENCH_TOKENS = 1024
+"""Rows of the micro-benchmark's activations (about one training batch: 16 sequences of ~64 tokens).
+At 256 rows the first timing in a process was noise-bound on an AMX Xeon: 1.10-2.3x over fresh
+processes, so auto sometimes chose fp32; at 1024 it measured 2.3-3.5x (0.3-0.5 s)."""
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,10 @@ class PrecisionChoice:
         return f"{name}: {self.reason}"
 
 
-def bf16_speedup(hidden: int, intermediate: int, tokens: int = BENCH_TOKENS, repeats: int = 3) -> float:
-    """fp32 / bf16-autocast time (best of ``repeats`` after a warm-up) of an MLP's two Linears,
-    forward and backward, at the model's sizes, on the CPU."""
+def bf16_speedup(hidden: int, intermediate: int, tokens: int = BENCH_TOKENS, repeats: int = 5) -> float:
+    """fp32 / bf16-autocast time (best of ``repeats``, after two warm-ups each) of an MLP's two
+    Linears, forward and backward, at the model's sizes, on the CPU. The two precisions alternate,
+    so a burst of load from elsewhere hits both."""
     gen = torch.Generator().manual_seed(0)
     up, down = torch.nn.Linear(hidden, intermediate), torch.nn.Linear(intermediate, hidden)
     x = torch.randn(tokens, hidden, generator=gen)
@@ -62,11 +65,13 @@ def bf16_speedup(hidden: int, intermediate: int, tokens: int = BENCH_TOKENS, rep
         loss.backward()
         return time.perf_counter() - t0
 
-    best = {}
-    for bf16 in (False, True):
-        step(bf16)  # warm-up: oneDNN picks and caches its kernels
-        best[bf16] = min(step(bf16) for _ in range(repeats))
-    return best[False] / best[True]
+    for _ in range(2):  # warm-up: oneDNN picks, JITs and caches its kernels
+        step(False), step(True)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(repeats):
+        for bf16 in (False, True):
+            times[bf16].append(step(bf16))
+    return min(times[False]) / min(times[True])
 
 
 def choose(flags: Iterable[str], measure: Callable[[], float], threshold: float = THRESHOLD) -> PrecisionChoice:
