@@ -28,7 +28,9 @@ def method_of(schedule) -> str:
 
 
 def machine() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    from skipdecode.cpu import cpu_model
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpu": cpu_model(),
             "cpu_count": os.cpu_count(), "python": platform.python_version()}
 
 

@@ -294,14 +294,9 @@ def count_runs(runners: Sequence[Runner], config: BenchConfig) -> int:
 # ---- reporting --------------------------------------------------------------------------------
 def machine_info() -> dict:
     """What the numbers were measured on (versions read from metadata: nothing is imported)."""
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from skipdecode.cpu import cpu_model
+
+    cpu = cpu_model()
     versions = package_versions(("numpy", "onnxruntime", "onnxruntime-genai", "torch", "transformers", "tensorrt"))
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),

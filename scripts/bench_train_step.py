@@ -33,7 +33,7 @@ from skipdecode.models import load_model
 from skipdecode.schedule import Schedule
 from skipdecode.training.batches import collate, tokenize
 from skipdecode.training.evaluate import batch_loss
-from skipdecode.cpu import cpu_flags
+from skipdecode.cpu import cpu_flags, cpu_model
 from skipdecode.training.precision import NATIVE_BF16_FLAGS
 
 
@@ -146,17 +146,6 @@ def main() -> int:
               f"{base_cpu / med_cpu:.2f}x | {statistics.median(opt_cpu[name]):.2f} | "
               f"{layer_share(schedule, T, P):.2f} |")
     return 0
-
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), else platform's processor string."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or ""
 
 
 if __name__ == "__main__":

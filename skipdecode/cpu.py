@@ -34,6 +34,22 @@ def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
     return frozenset()
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's model name (x86 ``model name``, else ARM ``Hardware``/``CPU part``), else
+    platform's processor string, else the architecture: what benchmark and eval reports name."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        text = ""
+    for key in ("model name", "Hardware"):
+        for line in text.splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() == key and value.strip():
+                return value.strip()
+    return platform.processor() or platform.machine()
+
+
 def int8_saturates(flags: Iterable[str] | None = None, machine: str | None = None) -> bool:
     """Whether ONNX Runtime's int8 (U8S8) MatMul kernels on this CPU can saturate with full-range
     8-bit weights: an x86 CPU without VNNI or AMX adds pairs of uint8 x int8 products into int16
