@@ -9,7 +9,8 @@
 # STEPS (default 120) and THREADS (default 2) are environment variables. Re-running `train` resumes.
 # Levers that change the optimisation rather than the model: lr4 (lr 4e-4) and b8 (batch 8 for twice
 # the steps: the same pairs, twice the updates), each alone or after adapter (adapter-lr4, ...); a
-# trailing sN trains seed N instead of 0 (base-s1: the seed-to-seed spread of the same recipe).
+# trailing sN trains seed N instead of 0 (base-s1: the seed-to-seed spread of the same recipe); stN
+# trains N steps instead of STEPS (ends-st240).
 set -euo pipefail
 DATA=${DATA:-../shared/data/e2e}
 STEPS=${STEPS:-120}
@@ -40,6 +41,7 @@ for part in ${name//-/ }; do
     power) lever+=(--decay power) ;;           # power-law decay: 3x is 16->7 over 32 steps instead of 15->5
     lr4) lr=4e-4 ;;
     b8) batch=8 steps=$(( STEPS * 2 )) ;;
+    st[0-9]*) steps=${part#st} ;;             # st240: 240 steps (what bf16 fits in the demo's time on an AMX host)
     s[0-9]*) seed=${part#s} ;;
     *) echo "unknown recipe $name" >&2; exit 2 ;;
   esac
