@@ -3,6 +3,7 @@
     python scripts/bench_train_step.py --data /path/to/e2e/devset.csv [--model smollm2-135m]
         [--speedups 1 3 5] [--batch-size 16] [--repeats 5] [--window 32] [--threads N]
         [--precisions fp32 bf16] [--optimizers adamw fused] [--prompt-layers N] [--entry-adapter RANK]
+        [--compile]
 
 Every (speedup, precision, optimizer) is a variant; the first of each list is the baseline the
 others vary from one at a time. Variants are timed in interleaved rounds after one warm-up round,
@@ -13,7 +14,9 @@ process's CPU time, which other processes' load barely disturbs (with --threads 
 compute time). bf16 is autocast over fp32 weights, as `skipdecode train --mixed-precision bf16`
 runs it; ``adamw`` is the optimizer with torch's default implementation, ``fused`` its fused kernel
 (what training/optim.py uses). ``--entry-adapter R`` adds the first skip speedup with rank-R entry
-adapters (``train --entry-adapter``), beside the same schedule without them.
+adapters (``train --entry-adapter``), beside the same schedule without them. ``--compile`` adds each
+speedup again with every decoder layer under ``torch.compile(dynamic=True)`` (the same weights);
+their warm-up round, which compiles, is reported apart.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ def main() -> int:
     p.add_argument("--prompt-layers", type=int, help="prompt depth of the skip schedules (default: all layers)")
     p.add_argument("--no-head-all", action="store_true", help="skip the 'head on all columns' variant")
     p.add_argument("--entry-adapter", help="also time the first skip speedup with entry adapters of this rank")
+    p.add_argument("--compile", action="store_true", help="also time each speedup with torch.compile'd decoder layers")
     args = p.parse_args()
 
     if args.threads:
@@ -85,10 +89,16 @@ def main() -> int:
                                             seed=args.seed)
     optimizers = {o: torch.optim.AdamW(model.parameters(), lr=1e-6, fused=o == "fused") for o in args.optimizers}
 
+    layers = model.decoder_layers
+    plain = list(layers)
+    compiled = [torch.compile(layer, dynamic=True) for layer in plain] if args.compile else []
+
     def step(schedule: Schedule, precision: str, opt: str, head_all: bool = False,
-             adapted: bool = False) -> tuple[float, float, float]:
+             adapted: bool = False, compiled_layers: bool = False) -> tuple[float, float, float]:
         optimizer = optimizers[opt]
         model.entry_adapters = adapters if adapted else None
+        for i, layer in enumerate(compiled if compiled_layers else plain):  # same parameters either way
+            layers[i] = layer
         t0, c0 = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -116,13 +126,18 @@ def main() -> int:
             p.error("--entry-adapter needs a speedup above 1 in --speedups (full depth enters no layer)")
         variants.append((f"{skip:g}x {p0} {o0}, entry adapters rank {args.entry_adapter}", schedules[skip], p0, o0,
                          False, True))
+    if args.compile:
+        variants += [(f"{s:g}x {p0} {o0}, compiled", schedules[s], p0, o0, False, False, True) for s in args.speedups]
     times = {v[0]: [] for v in variants}
+    warmup = {}
     cpu = {v[0]: [] for v in variants}
     opt_cpu = {v[0]: [] for v in variants}
     load = os.getloadavg()[0]
     for r in range(args.repeats + 1):
-        for name, schedule, *how in variants:  # how: precision, optimizer, head_all[, adapted]
+        for name, schedule, *how in variants:  # how: precision, optimizer, head_all[, adapted[, compiled]]
             dt, dc, do = step(schedule, *how)
+            if not r:
+                warmup[name] = dt
             if r:  # round 0 warms up
                 times[name].append(dt)
                 cpu[name].append(dc)
@@ -145,6 +160,9 @@ def main() -> int:
         print(f"| {name}: {schedule.describe()} | {med:.2f} | {base / med:.2f}x | {med_cpu:.2f} | "
               f"{base_cpu / med_cpu:.2f}x | {statistics.median(opt_cpu[name]):.2f} | "
               f"{layer_share(schedule, T, P):.2f} |")
+    if args.compile:
+        print("# warm-up round (compiles the compiled variants), wall s: "
+              + ", ".join(f"{n} {t:.1f}" for n, t in warmup.items()))
     return 0
 
 
