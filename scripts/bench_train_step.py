@@ -97,8 +97,9 @@ def main() -> int:
              adapted: bool = False, compiled_layers: bool = False) -> tuple[float, float, float]:
         optimizer = optimizers[opt]
         model.entry_adapters = adapters if adapted else None
-        for i, layer in enumerate(compiled if compiled_layers else plain):  # same parameters either way
-            layers[i] = layer
+        if compiled:  # swap in the variant's layers (the same parameters either way)
+            for i, layer in enumerate(compiled if compiled_layers else plain):
+                layers[i] = layer
         t0, c0 = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -129,19 +130,19 @@ def main() -> int:
     if args.compile:
         variants += [(f"{s:g}x {p0} {o0}, compiled", schedules[s], p0, o0, False, False, True) for s in args.speedups]
     times = {v[0]: [] for v in variants}
-    warmup = {}
     cpu = {v[0]: [] for v in variants}
     opt_cpu = {v[0]: [] for v in variants}
+    warmup = {}  # round 0's wall s per variant
     load = os.getloadavg()[0]
     for r in range(args.repeats + 1):
         for name, schedule, *how in variants:  # how: precision, optimizer, head_all[, adapted[, compiled]]
             dt, dc, do = step(schedule, *how)
-            if not r:
-                warmup[name] = dt
             if r:  # round 0 warms up
                 times[name].append(dt)
                 cpu[name].append(dc)
                 opt_cpu[name].append(do)
+            else:
+                warmup[name] = dt
         print(f"round {r}: " + ", ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items() if t), file=sys.stderr)
 
     base = statistics.median(times[variants[0][0]])

@@ -32,10 +32,10 @@ class DemoConfig:
     out: Path = Path("out/demo")
     steps: int = 120
     """Fine-tuning steps (batch 16, two threads): 6.4 s and 9.7 s each on two 2-core AMD EPYC hosts
-    (fp32), about 5.5 s on the 2-core Xeon with AMX (bf16); the demo took 14 and 21 minutes in all on
-    the AMD hosts (README). At 60 the skip column wrote only the name ("Blue Spice."); at 120 it
-    writes sentences; 240 steps scored 2.1 ROUGE-L higher at 3x on held-out dev MRs but take twice
-    as long (scripts/demo_recipe.sh)."""
+    (fp32), 5.3-5.6 s on the 2-core Xeon with AMX (bf16, with other work running); the demo took 14
+    and 21 minutes in all on the AMD hosts (README). At 60 the skip column wrote only the name ("Blue
+    Spice."); at 120 it writes sentences; 240 steps scored 2.1 ROUGE-L higher at 3x on held-out dev
+    MRs but take twice as long (scripts/demo_recipe.sh)."""
     speedup: float = 3.0
     window: int = DEFAULT_WINDOW
     any_budget: bool = True
