@@ -3,6 +3,7 @@
 # schedule with the same budget (300 steps, batch 16, lr 2e-4, 30 warm-up steps, seed 0), then
 # evaluated on the whole test set through ONNX Runtime and the PyTorch reference.
 #   bash scripts/e2e_experiment.sh train NAME   # NAME: 3x | 1x | static3x | 2x | 5x | range1-5 | 3x-pd | static3x-d | 3x-adapter
+#                                               #   | 3x-bf16 | static3x-bf16 | 1x-bf16 (bf16 autocast: a native-bf16 CPU)
 #   bash scripts/e2e_experiment.sh eval NAME   # export, then score the test set: ONNX Runtime and PyTorch
 #   CKPT=best bash scripts/e2e_experiment.sh eval NAME   # the same for the run's best/ checkpoint
 #   bash scripts/e2e_experiment.sh bench       # tokens/s of every schedule scored, batch 1 and 32
@@ -45,6 +46,12 @@ case $name in
   3x-pd) sched=(--speedup 3 --window 32 --decay power --distill-from "$teacher") ;;
   static3x-d) sched=(--max-layers 10 --min-layers 10 --distill-from "$teacher") ;;
   3x-adapter) sched=(--speedup 3 --window 32 --entry-adapter 32) ;;   # issue 16's entry adapter lever
+  # The same runs in bf16 autocast, explicitly (auto would choose it on a native-bf16 host anyway):
+  # their own names, so their records never replace the fp32 runs'. Half the CPU time a step where
+  # bf16 is native (AMX, AVX512-BF16); about 3x slower where oneDNN emulates it.
+  3x-bf16) sched=(--speedup 3 --window 32 --mixed-precision bf16) ;;
+  static3x-bf16) sched=(--max-layers 10 --min-layers 10 --mixed-precision bf16) ;;
+  1x-bf16) sched=(--speedup 1 --mixed-precision bf16) ;;
   *) echo "unknown run $name" >&2; exit 2 ;;
 esac
 out=runs/e2e-smollm2-$name$tag
@@ -61,12 +68,13 @@ elif [ "$what" = eval ]; then
   # 3x is also scored with a 26-step window (it realises 3.0x on the held-out dev MRs' outputs of the
   # 32-step model); the range model is scored under static dropping too.
   case $name in
-    1x) runs=("|full||y") ;;
+    1x|1x-bf16) runs=("|full||y") ;;
     2x|5x) runs=("|skipdecode||y") ;;
     3x-pd) runs=("|skipdecode-pd||y") ;;
     3x-adapter) runs=("|skipdecode-adapter||y") ;;
     3x) runs=("|skipdecode||y" "-w26|skipdecode-w26|--speedup 3 --window 26|y") ;;
-    static3x) runs=("|static||y") ;;
+    3x-bf16) runs=("|skipdecode||y") ;;
+    static3x|static3x-bf16) runs=("|static||y") ;;
     static3x-d) runs=("|static-d||y") ;;
     range1-5) runs=("-s1|range|--speedup 1|y" "-s2|range|--speedup 2 --window 32|n" "-s3|range|--speedup 3 --window 32|y"
                     "-s4|range|--speedup 4 --window 32|n" "-s5|range|--speedup 5 --window 32|y"
