@@ -100,6 +100,15 @@ def collect(reports: Path, bench: Path) -> list[dict]:
     return sorted(records, key=lambda x: (x["model"], x["layer_speedup"]))
 
 
+def with_steps(records: list[dict]) -> list[dict]:
+    """``records`` whose training step is unknown (only a PyTorch reference's report names it, and
+    some schedules are scored through ONNX Runtime alone) take it from a record of the same model,
+    budget and checkpoint that knows it."""
+    known = {(r["model"], budget_tag(r["report"])): r["steps"] for r in records if r["steps"] is not None}
+    return [{**r, "steps": known.get((r["model"], budget_tag(r["report"])))} if r["steps"] is None else r
+            for r in records]
+
+
 def name_tag(name: str) -> str:
     """The STEPS tag in an eval or run folder's name ("3x-s1200-w26" -> "-s1200", a best/ checkpoint's
     "3x-s1200-best" -> "-s1200-best"; 300-step runs have none: "range1-5-s3"'s "-s3" is the speedup
@@ -115,11 +124,12 @@ def budget_tag(report: str) -> str:
 
 def merged(new: list[dict], old_json: Path) -> list[dict]:
     """``new`` plus the records of ``old_json`` whose report was not collected now (older budgets);
-    those gain the fields added since (drop_order, prompt_layers, checkpoint) at their defaults."""
+    those gain the fields added since (drop_order, prompt_layers, checkpoint) at their defaults, and
+    a record without its training step takes it from its run's other records (``with_steps``)."""
     old = load(old_json) if old_json.exists() else []
     seen = {r["report"] for r in new}
     kept = [{"drop_order": "paper", "prompt_layers": 30, "checkpoint": "final", **r} for r in old if r["report"] not in seen]
-    return sorted(kept + new, key=lambda x: (x.get("steps") or 0, x["model"], x["layer_speedup"]))
+    return sorted(with_steps(kept + new), key=lambda x: (x.get("steps") or 0, x["model"], x["layer_speedup"]))
 
 
 def table(records: list[dict]) -> str:
@@ -140,7 +150,8 @@ def table(records: list[dict]) -> str:
 
 PAIRS = [("1x", "2x"), ("1x", "3x"), ("1x", "5x"), ("static3x", "3x"), ("range1-5-s3", "3x"), ("2x", "range1-5-s2"),
          ("3x-pd", "3x"), ("static3x-d", "static3x"), ("static3x-d", "3x-pd"),
-         ("1x", "3x-adapter"), ("3x-adapter", "3x"), ("static3x", "3x-adapter"), ("1x", "static3x"), ("1x", "3x-pd")]
+         ("1x", "3x-adapter"), ("3x-adapter", "3x"), ("static3x", "3x-adapter"), ("1x", "static3x"), ("1x", "3x-pd"),
+         ("static3x-bf16", "3x-bf16"), ("1x-bf16", "3x-bf16"), ("1x-bf16", "static3x-bf16")]
 """Comparisons given a confidence interval (eval --out folder names under --reports, before the
 budget's tag: 3x is 3x-s1200 with --tag=-s1200)."""
 

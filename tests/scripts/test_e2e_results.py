@@ -93,3 +93,17 @@ def test_targets_read_the_budgets_reports(tmp_path):
         "| best at 2.8-3.0x within 2.0 of 1x | 1x minus static3x-s1200 (3.00x): +3.00 [+3.00, +3.00] | no |",
         "| decay at or above static | 3x-s1200-w26 (2.92x) minus static3x-s1200 (3.00x): -1.00 [-1.00, -1.00] | no |"]
     assert e2e_results.targets(tmp_path, "-s600") == ""
+
+
+def test_merged_fills_a_step_from_the_same_runs_records(tmp_path):
+    """A schedule scored through ONNX Runtime alone has no PyTorch report to name its training step:
+    it takes the step of the same model, budget and checkpoint, and nothing else's."""
+    def rec(model, folder, steps):
+        return {"model": model, "report": f"out/e2e/{folder}/report.json", "steps": steps, "layer_speedup": 1.0,
+                "rouge_l": 50.0, "drop_order": "paper", "prompt_layers": 30}
+
+    path = tmp_path / "e2e.json"
+    path.write_text(json.dumps([rec("range1-5", "range1-5-s2", None), rec("range1-5", "range1-5-s1", 300)]))
+    new = [rec("3x", "3x-s1200-best", 500), rec("3x", "3x-s1200", None), rec("2x", "2x-s1200", None)]
+    got = {r["report"].split("/")[2]: r["steps"] for r in e2e_results.merged(new, path)}
+    assert got == {"range1-5-s2": 300, "range1-5-s1": 300, "3x-s1200-best": 500, "3x-s1200": None, "2x-s1200": None}
