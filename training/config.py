@@ -52,6 +52,11 @@ class TrainConfig:
     """Examples longer than this (prompt + target tokens) are dropped, with a count."""
     distill_weight: float = 0.5
     """With a teacher: loss = (1 - w) * CE + w * KL(teacher || student) on target tokens."""
+    self_distill: float = 0.0
+    """In-place distillation, weight w: a batch drawn below full depth also runs the model at full
+    depth without gradients, and its loss becomes (1 - w) * CE + w * KL(full depth || schedule) on
+    target tokens, so the model's own full-depth predictions teach its skip path (as slimmable
+    networks train their narrow widths). One no-grad full-depth forward more per such batch. 0: off."""
     entry_adapter: str = "0"
     """Entry adapters (models/adapters.py): before each layer a token enters from a skipped layer
     below, its hidden state h becomes h + U V h (this rank; U zero-initialised, so the identity at
@@ -84,8 +89,9 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.weight_decay < 0 or self.max_grad_norm < 0:
             raise ValueError("weight_decay and max_grad_norm must be >= 0")
-        if not 0 <= self.distill_weight <= 1:
-            raise ValueError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
+        for name in ("distill_weight", "self_distill"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         _ = self.entry_adapter_rank  # parsed here so that a bad value fails before anything loads
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")

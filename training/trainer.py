@@ -14,12 +14,14 @@ is the loop.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import random
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -99,6 +101,8 @@ class Trainer:
         """Model, data, optimizer, then the checkpoint to resume; returns ``self``. Refuses at once,
         before loading anything, an --out that already holds checkpoints (without ``resume``) or
         that holds none (with it)."""
+        if self.distill_from and self.cfg.self_distill:
+            raise SkipDecodeError("give --distill-from or --self-distill, not both")
         self.resume_path = self._checkpoint_to_resume()
         self._setup_model()
         self._setup_accelerator()
@@ -215,6 +219,9 @@ class Trainer:
         if state["num_train"] != len(self.pairs):
             raise SkipDecodeError(f"--resume: {len(self.pairs)} training examples, the checkpoint was trained on "
                                   f"{state['num_train']} (give the same --data)")
+        if state.get("data_digest", self.data_digest) != self.data_digest:  # checkpoints before it lack one
+            raise SkipDecodeError("--resume: the training pairs differ from the checkpoint's (give the same --data, "
+                                  "--holdout, --seed, --augment-names and --augment-values)")
         theirs, mine = state["sampler"], self.sampler.to_dict()
         keys = set(theirs) | (set(mine) - {"window", "decay"})  # range checkpoints before them lack window, decay
         differ = sorted(k for k in keys if theirs.get(k) != mine.get(k))
@@ -233,6 +240,14 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
 
     # ---- state --------------------------------------------------------------------------------
+    @cached_property
+    def data_digest(self) -> str:
+        """A hash of the training pairs' text, in order: a resume must train on the same pairs."""
+        h = hashlib.sha256()
+        for e in self.train_examples:
+            h.update(f"{e.prompt}\0{e.target}\0".encode())
+        return h.hexdigest()[:16]
+
     @property
     def unwrapped(self):
         return self.accelerator.unwrap_model(self.model)
@@ -252,6 +267,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "sampler": self.sampler.to_dict(),
             "num_train": len(self.pairs),
+            "data_digest": self.data_digest,
             "total_steps": self.total_steps,
             "best": self.best,
         }
@@ -308,6 +324,15 @@ class Trainer:
             kl = distill_kl(logits, t_logits, batch.labels[:, P:])
             parts["kl"] = float(kl.detach())
             w = self.cfg.distill_weight
+            loss = (1 - w) * loss + w * kl
+        elif self.cfg.self_distill and not schedule.is_full:
+            P = batch.prompt_len
+            with torch.no_grad(), self.accelerator.autocast():
+                t_logits, _ = self.model(batch.input_ids, batch.attention_mask, schedule=None, prompt_len=P,
+                                         logits_start=P - 1)
+            kl = distill_kl(logits, t_logits, batch.labels[:, P:])
+            parts["kl"] = float(kl.detach())
+            w = self.cfg.self_distill
             loss = (1 - w) * loss + w * kl
         return loss, parts
 

@@ -26,6 +26,14 @@ def add_arguments(p):
     p.add_argument("--range-ends", type=float, default=0.0, metavar="P",
                    help="with --speedup-range: the share of batches drawn at A or B (half each), the rest "
                         "uniform in [A, B] (default 0)")
+    p.add_argument("--augment-names", type=float, default=0.0, metavar="SHARE",
+                   help="E2E: rename the venue and its landmark (name[...], near[...]) to made-up names in "
+                        "this share of the training pairs, MR and reference alike, so the model learns to copy "
+                        "names rather than memorise the dev files' twenty (skipdecode/augment.py; default 0)")
+    p.add_argument("--augment-values", type=float, default=0.0, metavar="SHARE",
+                   help="E2E: swap eatType and food for another value the training files use, MR and reference "
+                        "alike, in this share of the training pairs: balances skewed files (the dev files have "
+                        "4 pubs in 8,971 pairs) (skipdecode/augment.py; default 0)")
     p.add_argument("--distill-from", metavar="SPEC", help="full-depth teacher for a KL term (e.g. the base model)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")
@@ -71,6 +79,9 @@ def run(args) -> int:
         from skipdecode.training.schedules import check_ends, parse_range
         parse_range(args.speedup_range)
         check_ends(args.range_ends)
+    from skipdecode.augment import check_share
+    check_share(args.augment_names, "--augment-names")
+    check_share(args.augment_values, "--augment-values")
     cfg = from_args(TrainConfig, args)
     fields = dict(fmt=args.format, prompt_field=args.prompt_field, target_field=args.target_field)
     train = load_examples(args.data, **fields)
@@ -85,10 +96,16 @@ def run(args) -> int:
         split = {"holdout": fraction, "seed": args.seed, "data": list(args.data), "train_examples": len(train),
                  "heldout_examples": len(held), "heldout_groups": sorted({e.group for e in held}),
                  "format": args.format, "prompt_field": args.prompt_field, "target_field": args.target_field}
+    augmented = {k: getattr(args, k) for k in ("augment_names", "augment_values") if getattr(args, k)}
+    if augmented:
+        from skipdecode.augment import augment
+        train = augment(train, args.augment_names, args.augment_values, args.seed)  # after the split: held-out stays real
+        if split is not None:
+            split.update(augmented)
     if args.eval_every and not held:
         raise SkipDecodeError("--eval-every needs evaluation data: --eval-data or --holdout > 0")
     info = {"base_model": args.model, "distill_from": args.distill_from, "format": args.format or "auto",
-            "data": list(args.data)}
+            "data": list(args.data), **augmented}
     trainer = Trainer(cfg, args.model, train, held, make_sampler(args), args.distill_from, args.resume, info).setup()
     if split is not None and trainer.is_main and not args.resume:
         atomic_write_text(Path(args.out) / "split.json", json.dumps(split, indent=2, ensure_ascii=False) + "\n")

@@ -89,6 +89,26 @@ def test_range_ends_share_of_batches():
     assert at_ends(ends) == pytest.approx(0.5 + 0.5 * p, abs=0.04) and p < 0.3
 
 
+def test_augment_names_is_recorded_and_fixed_on_resume(train_llama, tmp_path, capsys):
+    """--augment-names renames pairs after the held-out split (held-out pairs stay real); a resume
+    that would train on other pairs (another share) is refused by the checkpoint's data digest."""
+    rows = [(f"name[Venue {i}], area[riverside]", f"Venue {i} is by the riverside.") for i in range(12)]
+    data = write_e2e(tmp_path / "d.csv", rows)
+    out = tmp_path / "out"
+    common = ("--model", train_llama, "--data", data, "--out", out, "--speedup", 2, "--batch-size", 4,
+              "--holdout", 0.25, "--save-every", 1, "--no-progress")
+    code, err = run(capsys, *common, "--augment-names", 1.0, "--augment-values", 0.5, "--max-steps", 1)
+    assert code == 0, err
+    info = json.loads((out / "final" / "skipdecode.json").read_text())
+    assert info["augment_names"] == 1.0 and info["augment_values"] == 0.5
+    split = json.loads((out / "split.json").read_text())
+    assert split["augment_names"] == 1.0 and all(g.startswith("name[Venue ") for g in split["heldout_groups"])
+    code, err = run(capsys, *common, "--augment-names", 0.5, "--augment-values", 0.5, "--max-steps", 2, "--resume")
+    assert code == 2 and "the training pairs differ from the checkpoint's" in err, err
+    code, err = run(capsys, *common, "--augment-names", 1.0, "--augment-values", 0.5, "--max-steps", 2, "--resume")
+    assert code == 0, err
+
+
 def test_entry_adapter_flag_trains_and_records_them(train_llama, tmp_path, capsys):
     data = write_e2e(tmp_path / "d.csv", e2e_rows(4))
     out = tmp_path / "out"
@@ -113,6 +133,8 @@ def test_entry_adapter_flag_trains_and_records_them(train_llama, tmp_path, capsy
     ([("w3", "w4")], ["--entry-adapter", "x"], "entry_adapter must be 0 (none), a positive rank or 'full', got 'x'"),
     ([("w3", "w4")], ["--range-ends", "0.5"], "--range-ends needs --speedup-range"),
     ([("w3", "w4")], ["--speedup-range", "1:3", "--range-ends", "1.5"], "--range-ends: 1.5 is not a share in [0, 1]"),
+    ([("w3", "w4")], ["--augment-names", "2"], "--augment-names: 2 is not a share in [0, 1]"),
+    ([("w3", "w4")], ["--augment-values", "-1"], "--augment-values: -1 is not a share in [0, 1]"),
 ])
 def test_bad_input_is_one_line_and_exit_2(train_llama, tmp_path, capsys, rows, argv, message):
     data = write_e2e(tmp_path / "d.csv", rows)

@@ -209,6 +209,29 @@ def test_distillation_kl_is_zero_against_itself_at_full_depth(train_llama, e2e_f
     assert steps[3]["loss"] == pytest.approx(steps[3]["kl"])  # weight 1: KL only
 
 
+def test_self_distillation_is_distillation_from_its_own_full_depth(train_llama, e2e_file, tmp_path):
+    """At the first step the model is its own frozen copy, so --self-distill must give the loss, KL
+    and updated weights of --distill-from the same weights; a full-depth batch has no KL term."""
+    examples = load_examples([e2e_file])
+    runs = {}
+    for name, kw in (("teacher", dict(distill_weight=0.5)), ("self", dict(self_distill=0.5))):
+        trainer = Trainer(config(tmp_path / name, max_steps=1, **kw), str(train_llama), examples, [], fixed(3),
+                          distill_from=str(train_llama) if name == "teacher" else None)
+        trainer.run()
+        runs[name] = trainer
+    a, b = runs["teacher"].last_stats, runs["self"].last_stats
+    assert a["kl"] > 1e-3 and b["kl"] == pytest.approx(a["kl"], rel=1e-5)
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-5) == 0.5 * a["ce"] + 0.5 * a["kl"]
+    for p, q in zip(runs["teacher"].unwrapped.parameters(), runs["self"].unwrapped.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+    full = Trainer(config(tmp_path / "full", max_steps=1, self_distill=0.5), str(train_llama), examples, [], fixed(1))
+    full.run()
+    assert "kl" not in full.last_stats
+    with pytest.raises(SkipDecodeError, match="give --distill-from or --self-distill, not both"):
+        Trainer(config(tmp_path / "both", self_distill=0.5), str(train_llama), examples, [], fixed(3),
+                distill_from=str(train_llama)).setup()
+
+
 def test_a_full_disk_is_one_line_and_keeps_earlier_checkpoints(train_llama, tmp_path, monkeypatch, capsys):
     """Saving every step, the disk "fills up" at step 2: the run stops with one line naming the
     space, checkpoint 1 is intact and no half-written step 2 is left; it warned at the start."""
