@@ -59,6 +59,9 @@ def test_demo_pipeline(export_checkpoints, data, tmp_path, capsys):
     assert "3 E2E test MRs scored, the first 2 timed" in out
     again = run_demo(cfg)  # stages already done are skipped, same greedy outputs
     assert [r.token_ids for r in again["skip"]["rows"]] == [r.token_ids for r in skip["rows"]]
+    from dataclasses import replace
+    with pytest.raises(SkipDecodeError, match=r"was fine-tuned with --augment-names 0.5: pass those flags"):
+        run_demo(replace(cfg, augment_names=0.0))  # not re-used under another recipe's name
 
 
 def test_demo_any_budget_trains_a_range_and_serves_both_ends(export_checkpoints, data, tmp_path):
@@ -93,7 +96,9 @@ def test_demo_times_only_the_first_mrs_but_scores_them_all(export_checkpoints, d
 
 @pytest.mark.parametrize("field, value, message", [("test_inputs", 0, "--test-inputs must be >= 1, got 0"),
                                                    ("timed_inputs", 0, "--timed-inputs must be >= 1, got 0"),
-                                                   ("range_ends", 2.0, r"--range-ends: 2 is not a share in \[0, 1\]")])
+                                                   ("range_ends", 2.0, r"--range-ends: 2 is not a share in \[0, 1\]"),
+                                                   ("augment_names", -1.0,
+                                                    r"--augment-names: -1 is not a share in \[0, 1\]")])
 def test_demo_refuses_bad_counts_and_shares(tmp_path, field, value, message):
     with pytest.raises(SkipDecodeError, match=message):
         run_demo(DemoConfig(out=tmp_path / "out", **{field: value}))

@@ -23,6 +23,13 @@ def add_arguments(p):
     p.add_argument("--timed-inputs", type=int, default=D.timed_inputs,
                    help=f"the first of those MRs that the speed columns time (default {D.timed_inputs})")
     p.add_argument("--batch-size", type=int, default=D.batch_size)
+    p.add_argument("--augment-names", type=float, default=D.augment_names, metavar="SHARE",
+                   help=f"share of fine-tuning pairs with made-up venue names (default {D.augment_names:g})")
+    p.add_argument("--augment-values", type=float, default=D.augment_values, metavar="SHARE",
+                   help=f"share of fine-tuning pairs with eatType and food swapped (default {D.augment_values:g})")
+    p.add_argument("--self-distill", type=float, default=D.self_distill, metavar="W",
+                   help=f"in-place distillation weight: skip batches learn the model's own full depth "
+                        f"(default {D.self_distill:g})")
     p.add_argument("--entry-adapter", default=D.entry_adapter, help="entry adapters' rank, or full; 0: none "
                    f"(default {D.entry_adapter})")
 
@@ -36,5 +43,6 @@ def run(args) -> int:
                         window=args.window, any_budget=not args.fixed_schedule,
                         range_ends=args.range_ends, test_inputs=args.test_inputs,
                         timed_inputs=args.timed_inputs, batch_size=args.batch_size,
-                        entry_adapter=args.entry_adapter))
+                        augment_names=args.augment_names, augment_values=args.augment_values,
+                        self_distill=args.self_distill, entry_adapter=args.entry_adapter))
     return 0
