@@ -4,7 +4,7 @@
 # evaluated on the whole test set through ONNX Runtime and the PyTorch reference.
 #   bash scripts/e2e_experiment.sh train NAME   # NAME: 3x | 1x | static3x | 2x | 5x | range1-5 | 3x-pd | static3x-d | 3x-adapter
 #                                               #   | 3x-bf16 | static3x-bf16 | 1x-bf16 (bf16 autocast: a native-bf16 CPU)
-#                                               #   | 3x-aug | 1x-aug (bf16, --augment-names/--augment-values 0.5)
+#                                               #   | 3x-aug | 1x-aug | static3x-aug (bf16, --augment-names/--augment-values 0.5)
 #   bash scripts/e2e_experiment.sh eval NAME   # export, then score the test set: ONNX Runtime and PyTorch
 #   CKPT=best bash scripts/e2e_experiment.sh eval NAME   # the same for the run's best/ checkpoint
 #   bash scripts/e2e_experiment.sh bench       # tokens/s of every schedule scored, batch 1 and 32
@@ -57,6 +57,7 @@ case $name in
   # "Names and values the dev files lack"), bf16
   3x-aug) sched=(--speedup 3 --window 32 --mixed-precision bf16 --augment-names 0.5 --augment-values 0.5) ;;
   1x-aug) sched=(--speedup 1 --mixed-precision bf16 --augment-names 0.5 --augment-values 0.5) ;;
+  static3x-aug) sched=(--max-layers 10 --min-layers 10 --mixed-precision bf16 --augment-names 0.5 --augment-values 0.5) ;;
   *) echo "unknown run $name" >&2; exit 2 ;;
 esac
 out=runs/e2e-smollm2-$name$tag
@@ -76,6 +77,7 @@ elif [ "$what" = eval ]; then
     1x|1x-bf16) runs=("|full||y") ;;
     1x-aug) runs=("|full-aug||n") ;;
     3x-aug) runs=("|skipdecode-aug||n") ;;
+    static3x-aug) runs=("|static-aug||n") ;;
     2x|5x) runs=("|skipdecode||y") ;;
     3x-pd) runs=("|skipdecode-pd||y") ;;
     3x-adapter) runs=("|skipdecode-adapter||y") ;;
