@@ -85,6 +85,9 @@ def collect(reports: Path, bench: Path) -> list[dict]:
             if len(rows) == len(ref):
                 same = round(sum(x["token_ids"] == y["token_ids"] for x, y in zip(rows, ref)) / len(rows), 4)
         training = (t or {}).get("training") or {}
+        if training.get("step") is None and r.get("export"):  # ONNX Runtime only: the export's own record
+            info = Path(r["export"]) / "skipdecode.json"
+            training = load(info) if info.exists() else training
         sched = r["schedule_description"]
         order = r["schedule"].get("drop_order")
         records.append({
