@@ -23,8 +23,11 @@ from dataclasses import replace
 from typing import Iterable, Sequence
 
 from skipdecode.data import Example, format_prompt
-from skipdecode.errors import SkipDecodeError
+from skipdecode.errors import check_share
 
+AUGMENT_FIELDS = {"augment_names": "--augment-names", "augment_values": "--augment-values"}
+"""The settings (DemoConfig fields, train's args) that choose the augmentation, and their flags:
+recorded in a checkpoint's skipdecode.json when set."""
 RENAMED_ATTRIBUTES = ("name", "near")
 """The MR attributes whose values are proper names, and so may be swapped for made-up ones."""
 SWAPPED_ATTRIBUTES = ("eatType", "food")
@@ -60,14 +63,24 @@ def parse_mr(prompt: str) -> list[tuple[str, str]]:
     return [(k.strip(), v) for k, v in _ATTRIBUTE.findall(prompt)]
 
 
+def _mr_prompt(attributes: Sequence[tuple[str, str]]) -> str:
+    return format_prompt(", ".join(f"{k}[{v}]" for k, v in attributes))
+
+
+def _e2e_attributes(example: Example) -> list[tuple[str, str]] | None:
+    """The pair's MR attributes, or None when its prompt is no E2E MR (a JSONL prompt, say)."""
+    attributes = parse_mr(example.prompt)
+    return attributes if attributes and _mr_prompt(attributes) == example.prompt else None
+
+
 def rename(example: Example, rng: random.Random, in_target_only: bool = True) -> Example:
     """The pair with each renamable value swapped for a made-up name (the same new name wherever the
     old one appears); the pair itself when nothing qualifies. ``in_target_only``: only values its
     reference contains verbatim (training); False renames every one, drawn in the MR's order, so
     that all references of an MR renamed with equal seeds keep one prompt (evaluation)."""
-    attributes = parse_mr(example.prompt)
-    if not attributes or format_prompt(", ".join(f"{k}[{v}]" for k, v in attributes)) != example.prompt:
-        return example  # not an E2E MR (a JSONL prompt, say): left as it is
+    attributes = _e2e_attributes(example)
+    if attributes is None:
+        return example
     target = example.target
     new_values = {}
     for key, value in attributes:
@@ -78,8 +91,8 @@ def rename(example: Example, rng: random.Random, in_target_only: bool = True) ->
         return example
     pattern = re.compile("|".join(re.escape(v) for v in sorted(new_values, key=len, reverse=True)))
     target = pattern.sub(lambda m: new_values[m.group(0)], target)
-    mr = ", ".join(f"{k}[{new_values.get(v, v) if k in RENAMED_ATTRIBUTES else v}]" for k, v in attributes)
-    return replace(example, prompt=format_prompt(mr), target=target, source=f"{example.source} (renamed)")
+    mr = _mr_prompt([(k, new_values.get(v, v) if k in RENAMED_ATTRIBUTES else v) for k, v in attributes])
+    return replace(example, prompt=mr, target=target, source=f"{example.source} (renamed)")
 
 
 def _word(value: str) -> re.Pattern:
@@ -118,8 +131,8 @@ def swap_values(example: Example, rng: random.Random, values: dict[str, tuple[st
     """The pair with each categorical value (``SWAPPED_ATTRIBUTES``) that every one of ``texts``
     (default: its reference) contains as a word swapped for another value of its attribute, drawn
     uniformly from ``values``, in the MR and in the reference; the pair itself when none qualifies."""
-    attributes = parse_mr(example.prompt)
-    if not attributes or format_prompt(", ".join(f"{k}[{v}]" for k, v in attributes)) != example.prompt:
+    attributes = _e2e_attributes(example)
+    if attributes is None:
         return example
     texts = [example.target] if texts is None else texts
     new = {}
@@ -132,8 +145,8 @@ def swap_values(example: Example, rng: random.Random, values: dict[str, tuple[st
     target = example.target
     for (key, value), swapped in new.items():
         target = _swap_in_text(target, value, swapped)
-    mr = ", ".join(f"{k}[{new.get((k, v), v)}]" for k, v in attributes)
-    return replace(example, prompt=format_prompt(mr), target=target, source=f"{example.source} (values swapped)")
+    mr = _mr_prompt([(k, new.get((k, v), v)) for k, v in attributes])
+    return replace(example, prompt=mr, target=target, source=f"{example.source} (values swapped)")
 
 
 def rename_groups(examples: Sequence[Example], seed: int = 0,
@@ -155,10 +168,10 @@ def rename_groups(examples: Sequence[Example], seed: int = 0,
     return out
 
 
-def check_share(share: float, flag: str = "--augment-names") -> None:
-    """Refuse a share outside [0, 1] with the flag's name (before anything loads)."""
-    if not 0 <= share <= 1:
-        raise SkipDecodeError(f"{flag}: {share:g} is not a share in [0, 1]")
+def check_shares(names: float, values: float) -> None:
+    """Refuse either share outside [0, 1] with its flag's name (before anything loads)."""
+    for share, flag in zip((names, values), AUGMENT_FIELDS.values()):
+        check_share(share, flag)
 
 
 def augment(examples: Sequence[Example], names: float = 0.0, values: float = 0.0, seed: int = 0) -> list[Example]:
@@ -166,8 +179,7 @@ def augment(examples: Sequence[Example], names: float = 0.0, values: float = 0.0
     (each pair drawn on its own, by a seeded hash of its text; the two draws are independent), in
     input order. Values are drawn from the ones these pairs use. A pair keeps its ``group``, so
     held-out splits made before are unaffected."""
-    check_share(names, "--augment-names")
-    check_share(values, "--augment-values")
+    check_shares(names, values)
     pool = attribute_values(examples) if values else {}
     out = []
     for e in examples:

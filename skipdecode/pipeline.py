@@ -106,7 +106,9 @@ def _check_recipe(cfg: DemoConfig, checkpoint: Path) -> None:
     import json
 
     info = json.loads((checkpoint / "skipdecode.json").read_text(encoding="utf-8"))
-    differ = [f"--{k.replace('_', '-')} {info.get(k, 0.0):g}" for k in ("augment_names", "augment_values")
+    from skipdecode.augment import AUGMENT_FIELDS
+
+    differ = [f"{flag} {info.get(k, 0.0):g}" for k, flag in AUGMENT_FIELDS.items()
               if float(info.get(k, 0.0)) != float(getattr(cfg, k))]
     if differ:
         raise SkipDecodeError(f"{checkpoint} was fine-tuned with {', '.join(differ)}: pass those flags, or another "
@@ -138,9 +140,11 @@ def fine_tune(cfg: DemoConfig, data: Path) -> Path:
             return ScheduleSampler.for_range(num_layers, 1.0, cfg.speedup, cfg.window, ends=cfg.range_ends)
         return ScheduleSampler(fixed=Schedule.for_speedup(num_layers, cfg.speedup, cfg.window), window=cfg.window)
 
+    from skipdecode.augment import AUGMENT_FIELDS
+
     resume = any(out.glob("checkpoint-*"))
     trainer = Trainer(tc, cfg.model, train, held, sampler, resume=resume, extra_info={"base_model": cfg.model,
-                      **{k: getattr(cfg, k) for k in ("augment_names", "augment_values") if getattr(cfg, k)}})
+                      **{k: getattr(cfg, k) for k in AUGMENT_FIELDS if getattr(cfg, k)}})
     return trainer.run().checkpoint
 
 
@@ -245,15 +249,14 @@ def report(cfg: DemoConfig, results: dict, times: StageTimes) -> None:
 def run_demo(cfg: DemoConfig) -> dict:
     from skipdecode.datasets import find_e2e
     from skipdecode.io import cache_root
-    from skipdecode.augment import check_share
+    from skipdecode.augment import check_shares
     from skipdecode.training.schedules import check_ends
 
     for flag, value in (("--test-inputs", cfg.test_inputs), ("--timed-inputs", cfg.timed_inputs)):
         if value < 1:
             raise SkipDecodeError(f"{flag} must be >= 1, got {value}")
     check_ends(cfg.range_ends)
-    check_share(cfg.augment_names, "--augment-names")
-    check_share(cfg.augment_values, "--augment-values")
+    check_shares(cfg.augment_names, cfg.augment_values)
     data = find_e2e(cfg.data, cache_root() / "e2e")
     times = StageTimes()
     at = f"1-{cfg.speedup:g}x" if cfg.any_budget else f"{cfg.speedup:g}x"

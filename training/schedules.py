@@ -18,7 +18,7 @@ import functools
 import random
 from dataclasses import dataclass
 
-from skipdecode.errors import SkipDecodeError
+from skipdecode.errors import SkipDecodeError, check_share
 from skipdecode.schedule import DEFAULT_WINDOW, Schedule
 
 
@@ -44,9 +44,7 @@ def parse_range(text: str) -> tuple[float, float]:
 
 def check_ends(ends: float) -> float:
     """``--range-ends``'s value, a share in [0, 1]."""
-    if not 0 <= ends <= 1:
-        raise SkipDecodeError(f"--range-ends: {ends:g} is not a share in [0, 1]")
-    return ends
+    return check_share(ends, "--range-ends")
 
 
 @dataclass(frozen=True)

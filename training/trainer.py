@@ -317,24 +317,18 @@ class Trainer:
     def _micro_loss(self, batch, schedule) -> tuple[torch.Tensor, dict]:
         loss, logits = batch_loss(self.model, batch, schedule)
         parts = {"ce": float(loss.detach())}
-        if self.teacher is not None:
-            P = batch.prompt_len
-            with torch.no_grad(), self.accelerator.autocast():
-                t_logits, _ = self.teacher(batch.input_ids, batch.attention_mask, prompt_len=P, logits_start=P - 1)
-            kl = distill_kl(logits, t_logits, batch.labels[:, P:])
-            parts["kl"] = float(kl.detach())
-            w = self.cfg.distill_weight
-            loss = (1 - w) * loss + w * kl
-        elif self.cfg.self_distill and not schedule.is_full:
-            P = batch.prompt_len
-            with torch.no_grad(), self.accelerator.autocast():
-                t_logits, _ = self.model(batch.input_ids, batch.attention_mask, schedule=None, prompt_len=P,
-                                         logits_start=P - 1)
-            kl = distill_kl(logits, t_logits, batch.labels[:, P:])
-            parts["kl"] = float(kl.detach())
-            w = self.cfg.self_distill
-            loss = (1 - w) * loss + w * kl
-        return loss, parts
+        if self.teacher is not None:  # --distill-from: a frozen full-depth model
+            teacher, w = self.teacher, self.cfg.distill_weight
+        elif self.cfg.self_distill and not schedule.is_full:  # --self-distill: this model at full depth
+            teacher, w = self.model, self.cfg.self_distill
+        else:
+            return loss, parts
+        P = batch.prompt_len
+        with torch.no_grad(), self.accelerator.autocast():  # no schedule: full depth
+            t_logits, _ = teacher(batch.input_ids, batch.attention_mask, prompt_len=P, logits_start=P - 1)
+        kl = distill_kl(logits, t_logits, batch.labels[:, P:])
+        parts["kl"] = float(kl.detach())
+        return (1 - w) * loss + w * kl, parts
 
     def train_step(self) -> dict:
         cfg = self.cfg

@@ -79,9 +79,8 @@ def run(args) -> int:
         from skipdecode.training.schedules import check_ends, parse_range
         parse_range(args.speedup_range)
         check_ends(args.range_ends)
-    from skipdecode.augment import check_share
-    check_share(args.augment_names, "--augment-names")
-    check_share(args.augment_values, "--augment-values")
+    from skipdecode.augment import AUGMENT_FIELDS, check_shares
+    check_shares(args.augment_names, args.augment_values)
     cfg = from_args(TrainConfig, args)
     fields = dict(fmt=args.format, prompt_field=args.prompt_field, target_field=args.target_field)
     train = load_examples(args.data, **fields)
@@ -96,7 +95,7 @@ def run(args) -> int:
         split = {"holdout": fraction, "seed": args.seed, "data": list(args.data), "train_examples": len(train),
                  "heldout_examples": len(held), "heldout_groups": sorted({e.group for e in held}),
                  "format": args.format, "prompt_field": args.prompt_field, "target_field": args.target_field}
-    augmented = {k: getattr(args, k) for k in ("augment_names", "augment_values") if getattr(args, k)}
+    augmented = {k: getattr(args, k) for k in AUGMENT_FIELDS if getattr(args, k)}
     if augmented:
         from skipdecode.augment import augment
         train = augment(train, args.augment_names, args.augment_values, args.seed)  # after the split: held-out stays real
