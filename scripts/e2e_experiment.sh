@@ -3,8 +3,8 @@
 # schedule with the same budget (300 steps, batch 16, lr 2e-4, 30 warm-up steps, seed 0), then
 # evaluated on the whole test set through ONNX Runtime and the PyTorch reference.
 #   bash scripts/e2e_experiment.sh train NAME   # NAME: 3x | 1x | static3x | 2x | 5x | range1-5 | 3x-pd | static3x-d | 3x-adapter
-#                                               #   | 3x-bf16 | static3x-bf16 | 1x-bf16 (bf16 autocast: a native-bf16 CPU)
-#                                               #   | 3x-aug | 1x-aug | static3x-aug (bf16, --augment-names/--augment-values 0.5)
+#                                               #   | NAME-bf16 (bf16 autocast: a native-bf16 CPU)
+#                                               #   | NAME-aug (bf16, --augment-names/--augment-values 0.5)
 #   bash scripts/e2e_experiment.sh eval NAME   # export, then score the test set: ONNX Runtime and PyTorch
 #   CKPT=best bash scripts/e2e_experiment.sh eval NAME   # the same for the run's best/ checkpoint
 #   bash scripts/e2e_experiment.sh bench       # tokens/s of every schedule scored, batch 1 and 32
@@ -35,7 +35,17 @@ fi
 # The teacher of 3x-pd and static3x-d: the 1x model of the same budget, its final weights at 300
 # steps and its best/ (lowest held-out loss, near step 500) at 1,200, where the final ones overfit.
 teacher=runs/e2e-smollm2-1x$tag/$([ "$STEPS" = 300 ] && echo final || echo best)
+# NAME-bf16 and NAME-aug are NAME's run with more flags, under their own names so that their
+# records never replace NAME's: bf16 autocast, explicitly (auto would choose it on a native-bf16 host
+# anyway; half the CPU time a step where bf16 is native, about 3x slower where oneDNN emulates it);
+# aug adds made-up names and balanced eatType/food in half the pairs each (the demo's default since;
+# docs/RESULTS.md, "Names and values the dev files lack").
+base=$name variant=()
 case $name in
+  *-bf16) base=${name%-bf16} variant=(--mixed-precision bf16) ;;
+  *-aug) base=${name%-aug} variant=(--mixed-precision bf16 --augment-names 0.5 --augment-values 0.5) ;;
+esac
+case $base in
   3x) sched=(--speedup 3 --window 32) ;;
   2x) sched=(--speedup 2 --window 32) ;;
   5x) sched=(--speedup 5 --window 32) ;;
@@ -47,19 +57,9 @@ case $name in
   3x-pd) sched=(--speedup 3 --window 32 --decay power --distill-from "$teacher") ;;
   static3x-d) sched=(--max-layers 10 --min-layers 10 --distill-from "$teacher") ;;
   3x-adapter) sched=(--speedup 3 --window 32 --entry-adapter 32) ;;   # issue 16's entry adapter lever
-  # The same runs in bf16 autocast, explicitly (auto would choose it on a native-bf16 host anyway):
-  # their own names, so their records never replace the fp32 runs'. Half the CPU time a step where
-  # bf16 is native (AMX, AVX512-BF16); about 3x slower where oneDNN emulates it.
-  3x-bf16) sched=(--speedup 3 --window 32 --mixed-precision bf16) ;;
-  static3x-bf16) sched=(--max-layers 10 --min-layers 10 --mixed-precision bf16) ;;
-  1x-bf16) sched=(--speedup 1 --mixed-precision bf16) ;;
-  # made-up names and balanced eatType/food in half the pairs each (the demo's default since; docs/RESULTS.md,
-  # "Names and values the dev files lack"), bf16
-  3x-aug) sched=(--speedup 3 --window 32 --mixed-precision bf16 --augment-names 0.5 --augment-values 0.5) ;;
-  1x-aug) sched=(--speedup 1 --mixed-precision bf16 --augment-names 0.5 --augment-values 0.5) ;;
-  static3x-aug) sched=(--max-layers 10 --min-layers 10 --mixed-precision bf16 --augment-names 0.5 --augment-values 0.5) ;;
   *) echo "unknown run $name" >&2; exit 2 ;;
 esac
+sched+=("${variant[@]}")
 out=runs/e2e-smollm2-$name$tag
 if [ "$what" = train ]; then
   resume=(); ls "$out"/checkpoint-* >/dev/null 2>&1 && resume=(--resume)
@@ -73,21 +73,23 @@ elif [ "$what" = eval ]; then
   # the model's own)|also through PyTorch (the ONNX Runtime == PyTorch check; y/n, CPU time is short).
   # 3x is also scored with a 26-step window (it realises 3.0x on the held-out dev MRs' outputs of the
   # 32-step model); the range model is scored under static dropping too.
-  case $name in
-    1x|1x-bf16) runs=("|full||y") ;;
-    1x-aug) runs=("|full-aug||n") ;;
-    3x-aug) runs=("|skipdecode-aug||n") ;;
-    static3x-aug) runs=("|static-aug||n") ;;
+  case $base in
+    1x) runs=("|full||y") ;;
     2x|5x) runs=("|skipdecode||y") ;;
     3x-pd) runs=("|skipdecode-pd||y") ;;
     3x-adapter) runs=("|skipdecode-adapter||y") ;;
     3x) runs=("|skipdecode||y" "-w26|skipdecode-w26|--speedup 3 --window 26|y") ;;
-    3x-bf16) runs=("|skipdecode||y") ;;
-    static3x|static3x-bf16) runs=("|static||y") ;;
+    static3x) runs=("|static||y") ;;
     static3x-d) runs=("|static-d||y") ;;
     range1-5) runs=("-s1|range|--speedup 1|y" "-s2|range|--speedup 2 --window 32|n" "-s3|range|--speedup 3 --window 32|y"
                     "-s4|range|--speedup 4 --window 32|n" "-s5|range|--speedup 5 --window 32|y"
                     "-static3|range-static|--max-layers 10 --min-layers 10|y") ;;
+  esac
+  # a variant is scored under its model's own schedule only; aug's label says so, and (bf16 and the
+  # ONNX == PyTorch check already measured) it skips PyTorch
+  case $name in
+    *-bf16) runs=("${runs[0]}") ;;
+    *-aug) IFS='|' read -r _ label _ _ <<< "${runs[0]}"; runs=("|$label-aug||n") ;;
   esac
   ckpt=${CKPT:-final}
   [ "$ckpt" = final ] || [ "$ckpt" = best ] || { echo "CKPT must be final or best, got $ckpt" >&2; exit 2; }

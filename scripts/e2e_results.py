@@ -35,7 +35,7 @@ LABELS = {"full": "full depth (1x model)", "skipdecode": "SkipDecode, one model 
           "skipdecode-w26": "SkipDecode 3x model, 26-step window", "static": "static dropping, 10 layers",
           "range": "SkipDecode any-budget model (1:5)", "range-static": "any-budget model, static 10 layers",
           "skipdecode-pd": "SkipDecode 3x, power decay + distillation", "static-d": "static 10 layers + distillation",
-          "full-aug": "full depth, names and values augmented", "skipdecode-aug": "SkipDecode 3x, names and values augmented",
+          "full-aug": "full depth, names and values augmented", "skipdecode-aug": "SkipDecode, names and values augmented",
           "static-aug": "static 10 layers, names and values augmented"}
 """Plot legend per eval --method label."""
 
@@ -157,7 +157,7 @@ PAIRS = [("1x", "2x"), ("1x", "3x"), ("1x", "5x"), ("static3x", "3x"), ("range1-
          ("3x-pd", "3x"), ("static3x-d", "static3x"), ("static3x-d", "3x-pd"),
          ("1x", "3x-adapter"), ("3x-adapter", "3x"), ("static3x", "3x-adapter"), ("1x", "static3x"), ("1x", "3x-pd"),
          ("static3x-bf16", "3x-bf16"), ("1x-bf16", "3x-bf16"), ("1x-bf16", "static3x-bf16"),
-         ("1x-aug", "3x-aug"), ("static3x-aug", "3x-aug"), ("1x-aug", "static3x-aug"), ("3x-aug", "3x"),
+         ("1x-aug", "2x-aug"), ("1x-aug", "3x-aug"), ("static3x-aug", "3x-aug"), ("1x-aug", "static3x-aug"), ("3x-aug", "3x"),
          ("1x-aug", "1x")]
 """Comparisons given a confidence interval (eval --out folder names under --reports, before the
 budget's tag: 3x is 3x-s1200 with --tag=-s1200)."""
