@@ -13,6 +13,7 @@ interrupted fine-tune resumes, so re-running the demo continues where it stopped
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,11 +33,16 @@ class DemoConfig:
     """Folder with devset.csv (+ clean-devel.csv) and testset_w_refs.csv; default ../shared/data/e2e."""
     out: Path = Path("out/demo")
     steps: int = 120
-    """Fine-tuning steps (batch 16, two threads): 6.4 s and 9.7 s each on two 2-core AMD EPYC hosts
-    (fp32), 5.3-5.6 s on the 2-core Xeon with AMX (bf16, with other work running); the demo took 14
-    and 21 minutes in all on the AMD hosts (README). At 60 the skip column wrote only the name ("Blue
+    """Fine-tuning steps (batch 16, two threads), at most: fine_tune_minutes may cut them. A step
+    took 4.3-5.5 s on 2-core AMD EPYC Zen 4 hosts and 5.3-5.6 s on the 2-core Xeon with AMX (bf16),
+    6.4 s and 9.7 s on two AMD EPYC hosts without native bf16 (fp32), where 120 steps made the
+    demo take 14 and 21 minutes in all (README). At 60 the skip column wrote only the name ("Blue
     Spice."); at 120 it writes sentences; 240 steps scored 2.1 ROUGE-L higher at 3x on held-out dev
     MRs but take twice as long (scripts/demo_recipe.sh)."""
+    fine_tune_minutes: float = 12.0
+    """The fine-tuning's time budget (`train --max-minutes`): after its warm-up steps the run keeps
+    the steps that fit at the pace measured, so that the whole demo stays within about 15 minutes on
+    a slower host (fewer steps, lower scores there). 0: always the full steps."""
     speedup: float = 3.0
     window: int = DEFAULT_WINDOW
     any_budget: bool = True
@@ -103,8 +109,6 @@ def demo_split(data: Path) -> tuple[list, list]:
 def _check_recipe(cfg: DemoConfig, checkpoint: Path) -> None:
     """Refuse to re-use a fine-tuned model whose recorded augmentation is not the one asked for
     (an ``out`` left by an earlier demo): its scores would be printed under the wrong recipe."""
-    import json
-
     info = json.loads((checkpoint / "skipdecode.json").read_text(encoding="utf-8"))
     from skipdecode.augment import AUGMENT_FIELDS
 
@@ -132,8 +136,8 @@ def fine_tune(cfg: DemoConfig, data: Path) -> Path:
         from skipdecode.augment import augment
         train = augment(train, cfg.augment_names, cfg.augment_values, seed=0)
     tc = TrainConfig(out=out, max_steps=cfg.steps, batch_size=16, lr=cfg.lr, warmup_steps=max(1, cfg.steps // 10),
-                     save_every=40, keep_checkpoints=1, eval_every=0, entry_adapter=cfg.entry_adapter,
-                     self_distill=cfg.self_distill)
+                     max_minutes=cfg.fine_tune_minutes, save_every=40, keep_checkpoints=1, eval_every=0,
+                     entry_adapter=cfg.entry_adapter, self_distill=cfg.self_distill)
 
     def sampler(num_layers, trained):
         if cfg.any_budget:
@@ -210,7 +214,7 @@ def serve_and_score(cfg: DemoConfig, export_dir: Path, data: Path) -> dict:
     return results
 
 
-def report(cfg: DemoConfig, results: dict, times: StageTimes) -> None:
+def report(cfg: DemoConfig, results: dict, times: StageTimes, steps: int) -> None:
     full, skip, examples = results["full"], results["skip"], results["examples"]
     L = full["schedule"].num_layers
     trained = (f"schedules drawn from speedups 1-{cfg.speedup:g} per batch" if cfg.any_budget
@@ -225,7 +229,7 @@ def report(cfg: DemoConfig, results: dict, times: StageTimes) -> None:
         trained += f", distilled from its own full depth (weight {cfg.self_distill:g})"
     if cfg.entry_adapter not in ("0", ""):
         trained += f", entry adapters of rank {cfg.entry_adapter}"
-    print(f"\n{cfg.model} fine-tuned {cfg.steps} steps under {trained}; skip = {skip['schedule'].describe()}; "
+    print(f"\n{cfg.model} fine-tuned {steps} step{'s' * (steps != 1)} under {trained}; skip = {skip['schedule'].describe()}; "
           f"served by ONNX Runtime (CPU, per-layer graphs), {len(examples)} E2E test MRs scored, the first "
           f"{results['timed_inputs']} timed, batch {cfg.batch_size}, greedy\n")
     for i in range(min(cfg.show, len(examples))):
@@ -252,17 +256,22 @@ def run_demo(cfg: DemoConfig) -> dict:
     from skipdecode.augment import check_shares
     from skipdecode.training.schedules import check_ends
 
-    for flag, value in (("--test-inputs", cfg.test_inputs), ("--timed-inputs", cfg.timed_inputs)):
+    for flag, value in (("--test-inputs", cfg.test_inputs), ("--timed-inputs", cfg.timed_inputs),
+                        ("--steps", cfg.steps)):
         if value < 1:
             raise SkipDecodeError(f"{flag} must be >= 1, got {value}")
+    if cfg.fine_tune_minutes < 0:
+        raise SkipDecodeError(f"--fine-tune-minutes must be >= 0, got {cfg.fine_tune_minutes:g}")
     check_ends(cfg.range_ends)
     check_shares(cfg.augment_names, cfg.augment_values)
     data = find_e2e(cfg.data, cache_root() / "e2e")
     times = StageTimes()
     at = f"1-{cfg.speedup:g}x" if cfg.any_budget else f"{cfg.speedup:g}x"
-    checkpoint = times.run(f"1/3 fine-tune {cfg.model} at {at} for {cfg.steps} steps on {data}",
+    budget = f" (as many as fit in {cfg.fine_tune_minutes:g} min)" if cfg.fine_tune_minutes else ""
+    checkpoint = times.run(f"1/3 fine-tune {cfg.model} at {at} for {cfg.steps} steps{budget} on {data}",
                            lambda: fine_tune(cfg, data))
+    steps = json.loads((checkpoint / "skipdecode.json").read_text(encoding="utf-8"))["step"]
     export_dir = times.run("2/3 export per-layer ONNX graphs", lambda: export(cfg, checkpoint))
     results = times.run("3/3 generate on ONNX Runtime and score", lambda: serve_and_score(cfg, export_dir, data))
-    report(cfg, results, times)
+    report(cfg, results, times, steps)
     return results

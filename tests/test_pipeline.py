@@ -80,6 +80,19 @@ def test_demo_any_budget_trains_a_range_and_serves_both_ends(export_checkpoints,
     assert results["full"]["schedule"].is_full and results["skip"]["schedule"].speedup == pytest.approx(3, rel=0.2)
 
 
+def test_demo_fine_tunes_the_steps_that_fit_its_budget(export_checkpoints, data, tmp_path, capsys):
+    """--fine-tune-minutes: a budget spent by the first (warm-up) step stops the fine-tuning there,
+    and the report names the steps run, not --steps."""
+    import json
+
+    cfg = DemoConfig(model=str(export_checkpoints["llama-gqa"]), data=str(data), out=tmp_path / "out", steps=5,
+                     fine_tune_minutes=1e-6, speedup=2, window=4, any_budget=False, test_inputs=2, batch_size=2,
+                     max_new_tokens=4)
+    run_demo(cfg)
+    assert json.loads((tmp_path / "out/train/final/skipdecode.json").read_text())["step"] == 1
+    assert "fine-tuned 1 step under" in capsys.readouterr().out
+
+
 def test_demo_times_only_the_first_mrs_but_scores_them_all(export_checkpoints, data, tmp_path):
     """The timed subset's rows are the scored rows' first ones (greedy, same batches)."""
     from skipdecode.pipeline import serve_and_score
@@ -95,6 +108,8 @@ def test_demo_times_only_the_first_mrs_but_scores_them_all(export_checkpoints, d
 
 
 @pytest.mark.parametrize("field, value, message", [("test_inputs", 0, "--test-inputs must be >= 1, got 0"),
+                                                   ("steps", 0, "--steps must be >= 1, got 0"),
+                                                   ("fine_tune_minutes", -1.0, "--fine-tune-minutes must be >= 0, got -1"),
                                                    ("timed_inputs", 0, "--timed-inputs must be >= 1, got 0"),
                                                    ("range_ends", 2.0, r"--range-ends: 2 is not a share in \[0, 1\]"),
                                                    ("augment_names", -1.0,

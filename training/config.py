@@ -24,6 +24,11 @@ class TrainConfig:
     """Peak learning rate (AdamW)."""
     warmup_steps: int = 0
     """Linear warm-up from 0 to lr, then linear decay to 0 at the last step."""
+    max_minutes: float = 0.0
+    """A wall-clock budget for the run (0: none). At the end of warm-up (or after the first step
+    without one) the number of steps is cut to what fits in the budget at the pace measured so far,
+    never raised above max_steps, so the learning rate still decays to 0 at the last step. The count
+    chosen is logged and kept by a resumed run."""
     weight_decay: float = 0.0
     """AdamW weight decay, on matrices only (not norms, biases)."""
     max_grad_norm: float = 1.0
@@ -85,6 +90,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.keep_best and not (self.eval_every and self.eval_examples):
             raise ValueError("keep_best needs eval_every and eval_examples > 0 (the dev loss it keeps the best of)")
+        if self.max_minutes < 0:
+            raise ValueError(f"max_minutes must be >= 0, got {self.max_minutes}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.weight_decay < 0 or self.max_grad_norm < 0:

@@ -3,6 +3,8 @@ warm-up then linear decay."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from skipdecode.training.config import TrainConfig
@@ -33,9 +35,11 @@ FUSED_DEVICES = ("cpu", "cuda")
 faster than the default implementation (README, "Cost"; scripts/bench_train_step.py)."""
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, total_steps: int):
-    """(AdamW, its LambdaLR schedule) for a run of ``total_steps`` optimizer steps."""
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, total_steps: int | Callable[[], int]):
+    """(AdamW, its LambdaLR schedule) for a run of ``total_steps`` optimizer steps: a count, or a
+    function read at each step (a run whose length is fitted to a time budget after warm-up)."""
     device = next(model.parameters()).device.type
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=device in FUSED_DEVICES)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total_steps))
+    total = total_steps if callable(total_steps) else lambda: total_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total()))
     return optimizer, scheduler

@@ -94,6 +94,7 @@ class Trainer:
         self.last_stats: dict = {}
         self.train_loss: float | None = None
         self.best: dict | None = None  # --keep-best: {"step", "dev_loss"} of best/
+        self.fitted: dict | None = None  # --max-minutes: {"step", "pace_s", "total_steps"} once the run is fitted
         self._is_set_up = False
 
     # ---- setup --------------------------------------------------------------------------------
@@ -198,7 +199,7 @@ class Trainer:
 
     def _setup_optimizer(self) -> None:
         self.model.to(self.accelerator.device)
-        self.optimizer, self.scheduler = make_optimizer(self.model, self.cfg, self.total_steps)
+        self.optimizer, self.scheduler = make_optimizer(self.model, self.cfg, lambda: self.total_steps)
 
     def _setup_teacher(self) -> None:
         teacher = load_model(self.distill_from, device=str(self.accelerator.device))
@@ -235,6 +236,9 @@ class Trainer:
         self.scheduler.load_state_dict(state["lr_scheduler"])
         self.rng.setstate(state["rng"])
         self.best = state.get("best")  # a checkpoint from before --keep-best has none: the next evaluation writes best/
+        self.fitted = state.get("fitted")  # --max-minutes: the count chosen stays
+        if self.fitted:
+            self.total_steps = int(self.fitted["total_steps"])
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -270,6 +274,7 @@ class Trainer:
             "data_digest": self.data_digest,
             "total_steps": self.total_steps,
             "best": self.best,
+            "fitted": self.fitted,
         }
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -400,6 +405,7 @@ class Trainer:
                    disable=not (cfg.progress and self.is_main), dynamic_ncols=True)
         window = LossWindow()
         interrupted = False
+        t_start, step_start, t_first = time.perf_counter(), self.step, None  # t_first: the end of this process's first step
         with graceful_interrupt() as flag:
             while self.step < self.total_steps and not flag["stop"]:
                 t0 = time.perf_counter()
@@ -410,6 +416,12 @@ class Trainer:
                                 tok_s=f"{stats['tokens'] * self.accelerator.num_processes / seconds:.0f}",
                                 lr=f"{stats['lr']:.2e}", refresh=False)
                 bar.update(1)
+                if t_first is None:
+                    t_first = time.perf_counter()
+                if cfg.max_minutes and self.fitted is None and self.step >= max(1, cfg.warmup_steps):
+                    self._fit_to_budget(t_start, t_first, self.step - step_start)
+                    bar.total = self.total_steps
+                    bar.refresh()
                 for hook in hooks:
                     hook(self)
                 done = self.step >= self.total_steps
@@ -427,6 +439,22 @@ class Trainer:
             self.train_loss = self._window_loss(window)
         path = self.save(ckpt.checkpoint_name(self.step) if interrupted else ckpt.FINAL)
         return TrainResult(self.step, path, interrupted, self.train_loss)
+
+    def _fit_to_budget(self, t_start: float, t_first: float, steps: int) -> None:
+        """--max-minutes: cut the run to the steps that fit in what is left of the budget, which
+        began at ``t_start``, at the pace of the ``steps`` taken since; the first of them, which ended
+        at ``t_first``, sets the pace only when it is the only one (it also pays one-time costs). The
+        same count on every process."""
+        now = time.perf_counter()
+        pace = self._mean_over_processes((now - t_first) / (steps - 1) if steps > 1 else now - t_start)
+        left = self.cfg.max_minutes * 60 - self._mean_over_processes(now - t_start)
+        planned = self.total_steps
+        self.total_steps = min(planned, self.step + max(0, int(left // pace)))
+        self.fitted = {"step": self.step, "pace_s": round(pace, 3), "total_steps": self.total_steps}
+        self.log({"event": "fit", **self.fitted, "planned_steps": planned, "max_minutes": self.cfg.max_minutes})
+        if self.is_main:
+            print(f"\nskipdecode train: --max-minutes {self.cfg.max_minutes:g}: {self.total_steps} of {planned} "
+                  f"steps fit, at {pace:.2f} s a step so far", file=sys.stderr)
 
     def _begin(self) -> None:
         """The log's first record (start, or resume after trimming what the checkpoint has not

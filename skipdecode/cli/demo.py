@@ -13,6 +13,9 @@ def add_arguments(p):
                    "(default ../shared/data/e2e, else the public release)")
     p.add_argument("--out", default=str(D.out), help=f"outputs, re-used when present (default {D.out})")
     p.add_argument("--steps", type=int, default=D.steps, help=f"fine-tuning steps of batch 16 (default {D.steps})")
+    p.add_argument("--fine-tune-minutes", type=float, default=D.fine_tune_minutes, metavar="MIN",
+                   help="fine-tune for as many of --steps as fit in this many minutes at the pace of the warm-up "
+                        f"steps, so the demo keeps to its time on slower hosts; 0: all of them (default {D.fine_tune_minutes:g})")
     p.add_argument("--speedup", type=float, default=D.speedup, help=f"target speedup (default {D.speedup:g})")
     p.add_argument("--window", type=int, default=D.window, help=f"decay window in tokens (default {D.window})")
     p.add_argument("--fixed-schedule", action="store_true", help="fine-tune under the --speedup schedule only "
@@ -40,6 +43,7 @@ def run(args) -> int:
     from skipdecode.pipeline import DemoConfig, run_demo
 
     run_demo(DemoConfig(model=args.model, data=args.data, out=Path(args.out), steps=args.steps, speedup=args.speedup,
+                        fine_tune_minutes=args.fine_tune_minutes,
                         window=args.window, any_budget=not args.fixed_schedule,
                         range_ends=args.range_ends, test_inputs=args.test_inputs,
                         timed_inputs=args.timed_inputs, batch_size=args.batch_size,

@@ -327,3 +327,55 @@ def test_resume_refuses_another_range_window_or_decay(train_llama, tmp_path):
     torch.save(state, state_file)
     assert Trainer(config(tmp_path / "run", max_steps=4), str(train_llama), examples, [], sampler(8),
                    resume=True).run().step == 4
+
+
+def test_max_minutes_fits_the_steps_after_warm_up_and_a_resume_keeps_them(train_llama, tmp_path, monkeypatch):
+    """--max-minutes 1.5 at a (scripted) 10 s a step: after the 4 warm-up steps (40 s) 5 more fit,
+    so the run stops at step 9 with the learning rate decaying to that step; a run stopped at step 6
+    and resumed keeps the 9 steps and ends with the same weights. A budget that fits everything
+    never adds steps."""
+    from skipdecode.training import trainer as trainer_module
+    from skipdecode.training.optim import lr_factor
+
+    examples = load_examples([write_e2e(tmp_path / "d.csv", e2e_rows(10))])
+    kw = dict(max_steps=20, warmup_steps=4, max_minutes=1.5)
+    clock = {"t": 0.0}
+    step = Trainer.train_step
+
+    def run(out, resume=False, pace=10.0, hooks=()):
+        # set up first (the precision check times itself), then script the clock and the steps' pace
+        t = Trainer(config(out, **kw), str(train_llama), examples, [], fixed(3), resume=resume).setup()
+
+        def paced(self):
+            clock["t"] += pace
+            return step(self)
+
+        monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: clock["t"])
+        monkeypatch.setattr(Trainer, "train_step", paced)
+        try:
+            return t.run(hooks=hooks)
+        finally:
+            monkeypatch.undo()
+
+    one = run(tmp_path / "one")
+    assert one.step == 9 and not one.interrupted
+    log = [json.loads(line) for line in (tmp_path / "one/log.jsonl").read_text().splitlines()]
+    assert [r for r in log if r["event"] == "fit"] == [
+        {"event": "fit", "step": 4, "pace_s": 10.0, "total_steps": 9, "planned_steps": 20, "max_minutes": 1.5}]
+    lrs = [r["lr"] for r in log if r["event"] == "train"]
+    assert lrs == pytest.approx([3e-3 * lr_factor(s, 4, 9) for s in range(9)])
+
+    def ctrl_c(trainer):
+        if trainer.step == 6:
+            signal.raise_signal(signal.SIGINT)
+
+    first = run(tmp_path / "two", hooks=[ctrl_c])
+    assert first.interrupted and first.step == 6
+    second = run(tmp_path / "two", resume=True, pace=1.0)  # 3 steps at another pace
+    assert second.step == 9
+    a, b = final_weights(one.checkpoint), final_weights(second.checkpoint)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    kw.update(max_steps=6, max_minutes=60)
+    assert run(tmp_path / "roomy").step == 6  # a budget that fits everything adds no step
+    with pytest.raises(ValueError, match="max_minutes must be >= 0"):
+        config(tmp_path / "x", max_minutes=-1)
