@@ -127,13 +127,25 @@ def budget_tag(report: str) -> str:
     return name_tag(Path(report).parent.name)
 
 
+def num_layers(schedule: str) -> int:
+    """The model's depth from a record's schedule description.
+
+    >>> num_layers("linear 15->5/30 layers over 32 steps (warm-up 1), speedup 3.00x"), num_layers("full depth (30 layers)")
+    (30, 30)
+    """
+    return int(re.search(r"(\d+) layers", schedule).group(1))
+
+
 def merged(new: list[dict], old_json: Path) -> list[dict]:
     """``new`` plus the records of ``old_json`` whose report was not collected now (older budgets);
     those gain the fields added since (drop_order, prompt_layers, checkpoint) at their defaults, and
     a record without its training step takes it from its run's other records (``with_steps``)."""
     old = load(old_json) if old_json.exists() else []
     seen = {r["report"] for r in new}
-    kept = [{"drop_order": "paper", "prompt_layers": 30, "checkpoint": "final", **r} for r in old if r["report"] not in seen]
+    kept = [{"drop_order": "paper", "checkpoint": "final", **r} for r in old if r["report"] not in seen]
+    for r in kept:
+        if "prompt_layers" not in r:  # a record from before prompt depth: its prompt ran every layer
+            r["prompt_layers"] = num_layers(r["schedule"])
     return sorted(with_steps(kept + new), key=lambda x: (x.get("steps") or 0, x["model"], x["layer_speedup"]))
 
 
