@@ -142,10 +142,9 @@ def merged(new: list[dict], old_json: Path) -> list[dict]:
     a record without its training step takes it from its run's other records (``with_steps``)."""
     old = load(old_json) if old_json.exists() else []
     seen = {r["report"] for r in new}
-    kept = [{"drop_order": "paper", "checkpoint": "final", **r} for r in old if r["report"] not in seen]
-    for r in kept:
-        if "prompt_layers" not in r:  # a record from before prompt depth: its prompt ran every layer
-            r["prompt_layers"] = num_layers(r["schedule"])
+    kept = [{"drop_order": "paper",  # a record from before prompt depth: its prompt ran every layer
+             "prompt_layers": r["prompt_layers"] if "prompt_layers" in r else num_layers(r["schedule"]),
+             "checkpoint": "final", **r} for r in old if r["report"] not in seen]
     return sorted(with_steps(kept + new), key=lambda x: (x.get("steps") or 0, x["model"], x["layer_speedup"]))
 
 
