@@ -65,6 +65,9 @@ class DemoConfig:
     show: int = 4
     """Outputs printed side by side."""
     lr: float = 2e-4
+    seed: int = 0
+    """Seeds the fine-tuning (data order, schedule draws) and the augmentation's draws. The held-out
+    split stays seed 0's, so demos of every seed hold out the same dev MRs."""
     augment_names: float = 0.5
     """The share of fine-tuning pairs whose venue and landmark names are made up (`train
     --augment-names`, skipdecode/augment.py). The test set names venues the dev files never do; with
@@ -107,12 +110,12 @@ def demo_split(data: Path) -> tuple[list, list]:
 
 
 def _check_recipe(cfg: DemoConfig, checkpoint: Path) -> None:
-    """Refuse to re-use a fine-tuned model whose recorded augmentation is not the one asked for
-    (an ``out`` left by an earlier demo): its scores would be printed under the wrong recipe."""
+    """Refuse to re-use a fine-tuned model whose recorded augmentation or seed is not the one asked
+    for (an ``out`` left by an earlier demo): its scores would be printed under the wrong recipe."""
     info = json.loads((checkpoint / "skipdecode.json").read_text(encoding="utf-8"))
     from skipdecode.augment import AUGMENT_FIELDS
 
-    differ = [f"{flag} {info.get(k, 0.0):g}" for k, flag in AUGMENT_FIELDS.items()
+    differ = [f"{flag} {info.get(k, 0.0):g}" for k, flag in {**AUGMENT_FIELDS, "seed": "--seed"}.items()
               if float(info.get(k, 0.0)) != float(getattr(cfg, k))]
     if differ:
         raise SkipDecodeError(f"{checkpoint} was fine-tuned with {', '.join(differ)}: pass those flags, or another "
@@ -134,10 +137,10 @@ def fine_tune(cfg: DemoConfig, data: Path) -> Path:
     train, held = demo_split(data)
     if cfg.augment_names or cfg.augment_values:
         from skipdecode.augment import augment
-        train = augment(train, cfg.augment_names, cfg.augment_values, seed=0)
-    tc = TrainConfig(out=out, max_steps=cfg.steps, batch_size=16, lr=cfg.lr, warmup_steps=max(1, cfg.steps // 10),
-                     max_minutes=cfg.fine_tune_minutes, save_every=40, keep_checkpoints=1, eval_every=0,
-                     entry_adapter=cfg.entry_adapter, self_distill=cfg.self_distill)
+        train = augment(train, cfg.augment_names, cfg.augment_values, seed=cfg.seed)
+    tc = TrainConfig(out=out, max_steps=cfg.steps, batch_size=16, lr=cfg.lr, seed=cfg.seed,
+                     warmup_steps=max(1, cfg.steps // 10), max_minutes=cfg.fine_tune_minutes, save_every=40,
+                     keep_checkpoints=1, eval_every=0, entry_adapter=cfg.entry_adapter, self_distill=cfg.self_distill)
 
     def sampler(num_layers, trained):
         if cfg.any_budget:
@@ -148,7 +151,7 @@ def fine_tune(cfg: DemoConfig, data: Path) -> Path:
 
     resume = any(out.glob("checkpoint-*"))
     trainer = Trainer(tc, cfg.model, train, held, sampler, resume=resume, extra_info={"base_model": cfg.model,
-                      **{k: getattr(cfg, k) for k in AUGMENT_FIELDS if getattr(cfg, k)}})
+                      **{k: getattr(cfg, k) for k in (*AUGMENT_FIELDS, "seed") if getattr(cfg, k)}})
     return trainer.run().checkpoint
 
 

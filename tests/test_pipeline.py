@@ -62,6 +62,8 @@ def test_demo_pipeline(export_checkpoints, data, tmp_path, capsys):
     from dataclasses import replace
     with pytest.raises(SkipDecodeError, match=r"was fine-tuned with --augment-names 0.5: pass those flags"):
         run_demo(replace(cfg, augment_names=0.0))  # not re-used under another recipe's name
+    with pytest.raises(SkipDecodeError, match=r"was fine-tuned with --seed 0: pass those flags"):
+        run_demo(replace(cfg, seed=1))
 
 
 def test_demo_any_budget_trains_a_range_and_serves_both_ends(export_checkpoints, data, tmp_path):
@@ -82,14 +84,17 @@ def test_demo_any_budget_trains_a_range_and_serves_both_ends(export_checkpoints,
 
 def test_demo_fine_tunes_the_steps_that_fit_its_budget(export_checkpoints, data, tmp_path, capsys):
     """--fine-tune-minutes: a budget spent by the first (warm-up) step stops the fine-tuning there,
-    and the report names the steps run, not --steps."""
+    and the report names the steps run, not --steps. --seed seeds it, and is recorded."""
     import json
 
     cfg = DemoConfig(model=str(export_checkpoints["llama-gqa"]), data=str(data), out=tmp_path / "out", steps=5,
                      fine_tune_minutes=1e-6, speedup=2, window=4, any_budget=False, test_inputs=2, batch_size=2,
-                     max_new_tokens=4)
+                     max_new_tokens=4, seed=3)
     run_demo(cfg)
-    assert json.loads((tmp_path / "out/train/final/skipdecode.json").read_text())["step"] == 1
+    info = json.loads((tmp_path / "out/train/final/skipdecode.json").read_text())
+    assert info["step"] == 1 and info["seed"] == 3
+    start = json.loads((tmp_path / "out/train/log.jsonl").read_text().splitlines()[0])
+    assert start["config"]["seed"] == 3 and start["config"]["max_minutes"] == 1e-6  # --seed reaches the fine-tuning
     assert "fine-tuned 1 step under" in capsys.readouterr().out
 
 

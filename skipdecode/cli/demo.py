@@ -26,6 +26,8 @@ def add_arguments(p):
     p.add_argument("--timed-inputs", type=int, default=D.timed_inputs,
                    help=f"the first of those MRs that the speed columns time (default {D.timed_inputs})")
     p.add_argument("--batch-size", type=int, default=D.batch_size)
+    p.add_argument("--seed", type=int, default=D.seed, help="seeds the fine-tuning and the augmentation; the "
+                   f"held-out dev MRs stay seed 0's (default {D.seed})")
     p.add_argument("--augment-names", type=float, default=D.augment_names, metavar="SHARE",
                    help=f"share of fine-tuning pairs with made-up venue names (default {D.augment_names:g})")
     p.add_argument("--augment-values", type=float, default=D.augment_values, metavar="SHARE",
@@ -43,7 +45,7 @@ def run(args) -> int:
     from skipdecode.pipeline import DemoConfig, run_demo
 
     run_demo(DemoConfig(model=args.model, data=args.data, out=Path(args.out), steps=args.steps, speedup=args.speedup,
-                        fine_tune_minutes=args.fine_tune_minutes,
+                        fine_tune_minutes=args.fine_tune_minutes, seed=args.seed,
                         window=args.window, any_budget=not args.fixed_schedule,
                         range_ends=args.range_ends, test_inputs=args.test_inputs,
                         timed_inputs=args.timed_inputs, batch_size=args.batch_size,
