@@ -13,14 +13,13 @@ interrupted fine-tune resumes, so re-running the demo continues where it stopped
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from skipdecode.errors import SkipDecodeError
-from skipdecode.schedule import DEFAULT_WINDOW
+from skipdecode.schedule import DEFAULT_WINDOW, read_schedule_file
 
 TIMED_RUNS = 2
 """Timed generations per schedule in the demo, alternating full and skip; the fastest counts."""
@@ -109,13 +108,19 @@ def demo_split(data: Path) -> tuple[list, list]:
     return split_heldout(load_examples(train_files(data)), 0.02, seed=0)
 
 
+def _recipe_fields() -> dict[str, str]:
+    """The DemoConfig fields recorded in the fine-tuned checkpoint's skipdecode.json when set, which a
+    re-used ``out`` must match, and their flags."""
+    from skipdecode.augment import AUGMENT_FIELDS
+
+    return {**AUGMENT_FIELDS, "seed": "--seed"}
+
+
 def _check_recipe(cfg: DemoConfig, checkpoint: Path) -> None:
     """Refuse to re-use a fine-tuned model whose recorded augmentation or seed is not the one asked
     for (an ``out`` left by an earlier demo): its scores would be printed under the wrong recipe."""
-    info = json.loads((checkpoint / "skipdecode.json").read_text(encoding="utf-8"))
-    from skipdecode.augment import AUGMENT_FIELDS
-
-    differ = [f"{flag} {info.get(k, 0.0):g}" for k, flag in {**AUGMENT_FIELDS, "seed": "--seed"}.items()
+    _, info = read_schedule_file(checkpoint)
+    differ = [f"{flag} {info.get(k, 0.0):g}" for k, flag in _recipe_fields().items()
               if float(info.get(k, 0.0)) != float(getattr(cfg, k))]
     if differ:
         raise SkipDecodeError(f"{checkpoint} was fine-tuned with {', '.join(differ)}: pass those flags, or another "
@@ -147,11 +152,9 @@ def fine_tune(cfg: DemoConfig, data: Path) -> Path:
             return ScheduleSampler.for_range(num_layers, 1.0, cfg.speedup, cfg.window, ends=cfg.range_ends)
         return ScheduleSampler(fixed=Schedule.for_speedup(num_layers, cfg.speedup, cfg.window), window=cfg.window)
 
-    from skipdecode.augment import AUGMENT_FIELDS
-
     resume = any(out.glob("checkpoint-*"))
     trainer = Trainer(tc, cfg.model, train, held, sampler, resume=resume, extra_info={"base_model": cfg.model,
-                      **{k: getattr(cfg, k) for k in (*AUGMENT_FIELDS, "seed") if getattr(cfg, k)}})
+                      **{k: getattr(cfg, k) for k in _recipe_fields() if getattr(cfg, k)}})
     return trainer.run().checkpoint
 
 
@@ -273,7 +276,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     budget = f" (as many as fit in {cfg.fine_tune_minutes:g} min)" if cfg.fine_tune_minutes else ""
     checkpoint = times.run(f"1/3 fine-tune {cfg.model} at {at} for {cfg.steps} steps{budget} on {data}",
                            lambda: fine_tune(cfg, data))
-    steps = json.loads((checkpoint / "skipdecode.json").read_text(encoding="utf-8"))["step"]
+    steps = read_schedule_file(checkpoint)[1]["step"]
     export_dir = times.run("2/3 export per-layer ONNX graphs", lambda: export(cfg, checkpoint))
     results = times.run("3/3 generate on ONNX Runtime and score", lambda: serve_and_score(cfg, export_dir, data))
     report(cfg, results, times, steps)
